@@ -1,0 +1,33 @@
+# vitedit-ops: `make demo` runs the nightly loop on embedded defaults; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench bench-full setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vitedit-ops demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(VENV)/bin/vitedit-ops bench --quick
+
+bench-full: $(STAMP)
+	$(VENV)/bin/vitedit-ops bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
