@@ -1,0 +1,84 @@
+"""`vitedit-ops bench --quick` on the real reference model: structure and sanity of every
+output. No assertion on which method wins: that is what the benchmark measures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from vitedit_ops.bench.run import PAPER, PRODUCT, BenchConfig, run_benchmark
+
+FAMILIES = {PRODUCT, PAPER, "random mask", "random mask + replay", "window FT", "FT-L1",
+            "FT-L2", "LoRA", "full FT"}
+
+
+@pytest.fixture(scope="module")
+def quick(trained_reference, tmp_path_factory):
+    reference, _directory, hypernet = trained_reference
+    out = tmp_path_factory.mktemp("bench")
+    results = run_benchmark(reference, hypernet, BenchConfig(quick=True,
+                                                             include_components=False), out,
+                            log=lambda _m: None)
+    return results, out
+
+
+@pytest.mark.slow
+def test_every_output_is_written(quick):
+    _results, out = quick
+    for name in ("results.json", "rows.csv", "sequential.csv", "pareto.png", "sequential.png",
+                 "BENCHMARKS.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert json.loads((out / "results.json").read_text())["quick"] is True
+
+
+@pytest.mark.slow
+def test_every_method_is_present_with_values_in_range(quick):
+    _results, out = quick
+    rows = list(csv.DictReader(open(out / "rows.csv")))
+    assert {r["family"] for r in rows} == FAMILIES
+    assert {int(r["k"]) for r in rows} == {1, 4}
+    for r in rows:
+        for metric in ("reliability", "gr", "lr_locality"):
+            assert 0.0 <= float(r[metric]) <= 1.0, (metric, r)
+        assert int(r["steps"]) >= 0 and float(r["seconds"]) > 0
+
+
+@pytest.mark.slow
+def test_full_finetuning_reaches_reliability_one(quick):
+    results, _out = quick
+    full = [v for key, v in results["points"].items() if key.startswith("full FT|")]
+    assert full and max(v["reliability"] for v in full) == 1.0
+
+
+@pytest.mark.slow
+def test_comparisons_and_sequential_and_cost_are_reported(quick):
+    results, out = quick
+    assert {(c["k"], c["threshold"]) for c in results["comparisons"]} == \
+        {(1, 0.95), (1, 0.90), (4, 0.95), (4, 0.90)}
+    for c in results["comparisons"]:
+        assert set(c["methods"]) == FAMILIES
+    assert results["sequential"], "no method reached LR >= 0.90 for sequential editing"
+    for family, s in results["sequential"].items():
+        assert s["edits"] >= 1 and s["final_max_norm_growth"] >= 1.0 - 1e-6, family
+    cost = results["cost"]
+    assert cost["iteration_time_batch1"]["ratio"] > 0
+    assert 0 < cost["reference_flops"]["ratio"] < 1
+    assert cost["metatrain"]["speedup"] > 0
+    report = (out / "BENCHMARKS.md").read_text()
+    assert "Edit quality at matched locality" in report and "Sequential editing" in report
+
+
+@pytest.mark.slow
+def test_editing_pools_are_disjoint_from_evaluation_sets(trained_reference):
+    from vitedit_ops.bench.setting import build_setting
+    from vitedit_ops.reference import assert_disjoint
+
+    reference, _d, _h = trained_reference
+    setting = build_setting(reference.model, reference.spec, reference.data)
+    group_ids = [i for g in setting.evals.groups for i in g.ids]
+    assert_disjoint({"locality": reference.data.locality, "replay": reference.data.replay,
+                     "train": reference.data.train, "groups": group_ids})
+    assert not math.isnan(setting.pools["sensitive"])

@@ -1,0 +1,99 @@
+"""`vitedit-ops edit` / `meta-train` end to end in-process: results, and one clear line + exit 2
+for every kind of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitedit_ops.cli import main
+from vitedit_ops.hypernet import new_hypernet
+from vitedit_ops.models import ModelSpec, save_model
+from vitedit_ops.patch import Patch
+from vitedit_ops.sites import edit_window
+
+from .conftest import tiny_vit
+
+KW = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    model = tiny_vit()
+    spec = ModelSpec.for_timm_model("vit_tiny_patch16_224", num_classes=5, **KW)
+    ckpt = save_model(model, spec, tmp_path / "model")
+    new_hypernet(model, edit_window(model), width=16, depth=1, num_heads=2).save(
+        tmp_path / "hypernet")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+        images.append(path)
+    return tmp_path, ckpt, images
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out + captured.err
+
+
+def test_edit_writes_a_patch_and_prints_a_table(workspace, capsys):
+    tmp, ckpt, images = workspace
+    code, out = run(["edit", *images, "--label", 2, "--checkpoint", ckpt, "--lr", 1e-2,
+                     "--out", tmp / "p.safetensors"], capsys)
+    assert code in (0, 1)  # 1 = not every image fixed within the step limit
+    assert "img0.png" in out and "success=" in out
+    patch = Patch.load(tmp / "p.safetensors")
+    assert set(patch.params) <= set(edit_window(tiny_vit()).weight_names)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "does not exist"), ("not_image", "not a readable image"),
+    ("channels", "channels"), ("label", "out of range"), ("other_base", "not a descendant"),
+    ("nan", "NaN"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(workspace, capsys, case, match):
+    tmp, ckpt, images = workspace
+    args = ["edit", *images, "--label", 1, "--checkpoint", ckpt]
+    if case == "missing":
+        args[1] = tmp / "nope.png"
+    elif case == "not_image":
+        (tmp / "bad.png").write_bytes(b"this is not a png")
+        args[1] = tmp / "bad.png"
+    elif case == "channels":
+        np.save(tmp / "two.npy", np.zeros((2, 16, 16), dtype=np.float32))
+        args[1] = tmp / "two.npy"
+    elif case == "label":
+        args[4] = 7
+    elif case == "other_base":
+        other = tiny_vit(seed=4)
+        new_hypernet(other, edit_window(other), width=16, depth=1, num_heads=2).save(
+            tmp / "other")
+        args += ["--hypernet", tmp / "other"]
+    elif case == "nan":
+        from safetensors.torch import load_file, save_file
+        state = load_file(str(ckpt))
+        state["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
+        save_file(state, str(ckpt))
+    code, out = run(args, capsys)
+    assert code == 2
+    assert match in out
+    assert "Traceback" not in out
+    assert len([line for line in out.splitlines() if line.strip()]) <= 3
+
+
+def test_meta_train_command_writes_a_hypernetwork(workspace, capsys):
+    tmp, ckpt, images = workspace
+    folder = tmp / "unlabeled"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), i * 40, dtype=np.uint8)).save(folder / f"{i}.png")
+    code, out = run(["meta-train", "--checkpoint", ckpt, "--images", folder, "--iterations", 2,
+                     "--batch-size", 2, "--out", tmp / "hn"], capsys)
+    assert code == 0, out
+    assert (tmp / "hn" / "hypernet.safetensors").is_file()

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitedit_ops.episodes import CutMixEpisodes, patch_grid
+from vitedit_ops.forward import SplitForward
+from vitedit_ops.metatrain import MetaTrainConfig, meta_train, optimise_episode_masks
+from vitedit_ops.episodes import EpisodeBatch
+from vitedit_ops.sites import edit_window
+
+from .conftest import tiny_vit
+
+FAST = dict(iterations=3, batch_size=4, outer_steps=2, inner_steps=2, hypernet_width=16,
+            hypernet_depth=1, hypernet_heads=2)
+
+
+def _images(n=24, seed=0):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cutmix_rectangles_align_to_the_patch_grid():
+    model = tiny_vit()
+    images = _images()
+    sampler = CutMixEpisodes(model, images, patch_grid(model, (3, 16, 16)), prefer_changed=False)
+    batch = sampler(16, torch.Generator().manual_seed(0))
+    changed = (batch.mixed != batch.clean).any(1)  # (B, H, W)
+    for mask in changed:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(ys):  # rectangle edges fall on multiples of the 4-pixel patch
+            assert ys.min() % 4 == 0 and (ys.max() + 1) % 4 == 0
+            assert xs.min() % 4 == 0 and (xs.max() + 1) % 4 == 0
+
+
+def test_vectorized_episodes_match_the_per_episode_loop():
+    model = tiny_vit()
+    window = edit_window(model)
+    split = SplitForward(model, window.sites[0].block_path)
+    images = _images(8)
+    batch = EpisodeBatch(mixed=images[:4].flip(-1), clean=images[:4])
+    config = MetaTrainConfig(outer_steps=3, inner_steps=3, inner_lr=0.5)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    together, _ = optimise_episode_masks(model, window, split, batch, config)
+    for i in range(4):
+        one = EpisodeBatch(batch.mixed[i:i + 1], batch.clean[i:i + 1])
+        alone, _ = optimise_episode_masks(model, window, split, one, config)
+        for a, b in zip(together, alone):
+            torch.testing.assert_close(a[i:i + 1], b, atol=1e-4, rtol=1e-4)
+
+
+def test_inner_steps_reduce_the_episode_kl():
+    model = tiny_vit()
+    window = edit_window(model)
+    split = SplitForward(model, window.sites[0].block_path)
+    images = _images(8)
+    batch = EpisodeBatch(mixed=images[:4].flip(-1), clean=images[:4])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _, stats = optimise_episode_masks(model, window, split, batch,
+                                      MetaTrainConfig(outer_steps=1, inner_steps=5,
+                                                      inner_lr=0.1, sparsity=0.0))
+    assert stats.kl_after < stats.kl_before
+
+
+def test_same_seed_same_masks_and_resume_equals_uninterrupted(tmp_path):
+    model, images = tiny_vit(), _images()
+    emb = torch.randn(3, 32)
+    a = meta_train(model, images, MetaTrainConfig(**FAST)).hypernet
+    b = meta_train(model, images, MetaTrainConfig(**FAST)).hypernet
+    for x, y in zip(a.masks(emb), b.masks(emb)):
+        assert torch.equal(x, y)
+    # killed after iteration 2 (checkpoint every 1), then run again with the same settings
+    out = tmp_path / "hn"
+
+    def crash(iteration, _total, _entry):
+        if iteration == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(model, images, MetaTrainConfig(**FAST, checkpoint_every=1), out_dir=out,
+                   on_iteration=crash)
+    resumed = meta_train(model, images, MetaTrainConfig(**FAST, checkpoint_every=1),
+                         out_dir=out)
+    assert resumed.resumed_from == 2 and len(resumed.log) == 3
+    for x, y in zip(a.masks(emb), resumed.hypernet.masks(emb)):
+        torch.testing.assert_close(x, y)
+    assert (out / "hypernet.json").is_file() and (out / "metatrain-log.jsonl").is_file()
+
+
+def test_meta_training_leaves_the_base_model_trainable_flags_alone():
+    model = tiny_vit()
+    meta_train(model, _images(), MetaTrainConfig(**{**FAST, "iterations": 1}))
+    assert all(p.requires_grad for p in model.parameters())

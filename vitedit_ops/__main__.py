@@ -1,0 +1,4 @@
+"""``python -m vitedit_ops`` == ``vitedit-ops``."""
+from .cli import main
+
+main()

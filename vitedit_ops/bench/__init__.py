@@ -1,0 +1,1 @@
+"""Benchmarks: edit quality (GR/LR frontier), sequential editing, and cost."""

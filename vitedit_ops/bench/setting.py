@@ -1,0 +1,122 @@
+"""The benchmark's setting on the reference model: error groups, locality sets, method grid.
+
+Held-out pools only: groups come from shifted images of the ``shift`` pool, locality is
+measured on the ``locality`` pool (and its sensitive subset), and the editor never sees either
+except the edit images themselves. ``assert_disjoint`` guards that at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..hypernet import MaskHypernet
+from ..metrics import predict_logits, select_sensitive
+from ..models import ModelSpec
+from ..preprocess import Preprocessor
+from ..reference import DEFAULT_SHIFTS, ReferenceData, assert_disjoint, shifted_error_groups
+from .cases import BenchGroup
+from .grid import EvalSets, MethodPoint
+
+SHIFT_SEED = 0
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+QUICK_MAX_STEPS = 20  # --quick checks structure and sanity, not the frontier
+KEEPS = (0.25, 0.10, 0.05)
+
+
+@dataclass
+class Setting:
+    evals: EvalSets
+    sensitive_rule: str
+    pools: dict[str, int]
+
+
+def build_setting(model: nn.Module, spec: ModelSpec, data: ReferenceData,
+                  shifts: tuple[str, ...] = DEFAULT_SHIFTS, min_size: int = 8) -> Setting:
+    """Error groups of every shift and the evaluation sets, with disjointness checked."""
+    pre = Preprocessor(spec)
+    groups: list[BenchGroup] = []
+    for shift in shifts:
+        outcome = shifted_error_groups(model, spec, data.shift, shift, seed=SHIFT_SEED,
+                                       min_size=min_size)
+        groups += [BenchGroup(shift, g.true_class, g.predicted_class,
+                              pre.normalize(g.images.pixels), list(g.images.ids))
+                   for g in outcome.groups]
+    assert_disjoint({"train": data.train, "locality": data.locality, "replay": data.replay,
+                     "groups": [i for g in groups for i in g.ids]})
+    inputs = pre.normalize(data.locality.pixels)
+    logits = predict_logits(model, inputs)
+    sensitive = select_sensitive(logits, data.locality.labels)
+    evals = EvalSets(inputs, logits.argmax(-1), sensitive.indices, groups)
+    return Setting(evals, sensitive.rule, {"groups": len(groups),
+                                           "group_images": sum(len(g.inputs) for g in groups),
+                                           "locality": len(inputs),
+                                           "sensitive": len(sensitive.indices)})
+
+
+@dataclass(frozen=True)
+class Family:
+    """A method as the benchmark sweeps it: its learning rates and its own knob."""
+
+    name: str
+    editor: str
+    knob: str                      # option name swept as the knob ("" for none)
+    knob_values: tuple = ()
+    lrs: tuple[float, ...] = LRS
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def points(self, quick: bool) -> list[MethodPoint]:
+        lrs = self.lrs[len(self.lrs) // 2:][:1] if quick else self.lrs
+        values = self.knob_values[len(self.knob_values) // 2:][:1] if quick else self.knob_values
+        common = (("max_steps", QUICK_MAX_STEPS),) if quick else ()
+        if not self.knob:
+            return [MethodPoint(self.name, self.editor, "-", lr, self.options + common)
+                    for lr in lrs]
+        return [MethodPoint(self.name, self.editor, f"{self.knob}={v:g}", lr,
+                            ((self.knob, v),) + self.options + common)
+                for lr in lrs for v in values]
+
+
+PAPER_OPTIONS = (("optimizer", "rmsprop"), ("replay_weight", 0.0))
+REPLAY_LRS = (3e-4, 1e-3, 3e-3)
+FAMILIES = (
+    Family("localized (product)", "localized", "keep_fraction", (0.10, 0.05), REPLAY_LRS),
+    Family("localized (paper)", "localized", "keep_fraction", KEEPS, options=PAPER_OPTIONS),
+    Family("random mask", "random_mask", "keep_fraction", KEEPS, options=PAPER_OPTIONS),
+    Family("random mask + replay", "random_mask", "keep_fraction", (0.10,), REPLAY_LRS,
+           options=(("replay_weight", 10.0),)),
+    Family("window FT", "window_ft", ""),
+    Family("FT-L1", "ft_l1", "strength", (1e-3, 1e-2)),
+    Family("FT-L2", "ft_l2", "strength", (1e-2, 1e-1)),
+    Family("LoRA", "lora", "rank", (2, 8)),
+    Family("full FT", "full_ft", "", lrs=(1e-5, 3e-5, 1e-4)),
+)
+
+
+def method_grid(quick: bool, families: tuple[Family, ...] = FAMILIES) -> list[MethodPoint]:
+    """Every family swept over its learning rate and its own knob, on the same footing."""
+    return [point for family in families for point in family.points(quick)]
+
+
+@dataclass
+class EditorArgs:
+    """Per-point constructor arguments (picklable, so parallel workers get them too): the
+    hypernetwork for localized editors, the same window for every window method, and the
+    replay pool (held out from every evaluation set) for the masked editors, used only where
+    an option turns replay on."""
+
+    hypernet: MaskHypernet
+    window: tuple[int, int]
+    replay_pool: torch.Tensor
+
+    def __call__(self, point: MethodPoint) -> dict[str, Any]:
+        if point.editor == "localized":
+            return {"hypernet": self.hypernet, "replay_pool": self.replay_pool}
+        if point.editor == "random_mask":
+            return {"window": self.window, "replay_pool": self.replay_pool}
+        if point.editor in ("window_ft", "ft_l1", "ft_l2", "lora"):
+            return {"window": self.window}
+        return {}

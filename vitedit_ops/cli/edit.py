@@ -1,0 +1,146 @@
+"""``vitedit-ops edit`` and ``vitedit-ops meta-train``: the engine from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import InvalidInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy"}
+console = Console()
+
+
+def _parse_window(window: str | None) -> tuple[int | None, int | None]:
+    if not window:
+        return None, None
+    try:
+        start, end = (int(v) for v in window.split("-"))
+    except ValueError as exc:
+        raise InvalidInputError(f"window must look like START-END (e.g. 2-4), got {window!r}"
+                                ) from exc
+    return start, end
+
+
+def _image_paths(images: list[Path], folder: Path | None) -> list[Path]:
+    paths = list(images)
+    if folder is not None:
+        if not folder.is_dir():
+            raise InvalidInputError(f"image folder {folder} does not exist")
+        paths += sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InvalidInputError("no edit images given (pass files or --folder)")
+    return paths
+
+
+def _load(checkpoint: Path, arch: str | None):
+    from ..device import resolve_device
+    from ..models import load_model
+    from ..settings import get_settings
+
+    model, spec = load_model(checkpoint, architecture=arch)
+    return model.to(resolve_device(get_settings().device)), spec
+
+
+def edit(
+    images: list[Path] = typer.Argument(None, help="Image files (or .npy arrays) to fix."),
+    label: int = typer.Option(..., "--label", "-l", help="True class of the images."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Model weights."),
+    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    folder: Path | None = typer.Option(None, help="Folder of edit images."),
+    method: str = typer.Option("localized", help="Editor: localized, random_mask, window_ft, "
+                                                "ft_l1, ft_l2, lora, full_ft."),
+    hypernet: Path | None = typer.Option(None, help="Hypernetwork dir (localized editor); "
+                                                   "default: <checkpoint dir>/hypernet."),
+    keep: float = typer.Option(0.10, help="Share of window units to edit (masked editors)."),
+    lr: float = typer.Option(1e-3, help="Edit learning rate."),
+    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
+    steps: int = typer.Option(100, help="Step limit."),
+    window: str | None = typer.Option(None, help="FFN blocks START-END (default: the "
+                                                "hypernetwork's, else ~3/4 depth)."),
+    out: Path = typer.Option(Path("patch.safetensors"), "--out", "-o",
+                             help="Where to write the patch."),
+) -> None:
+    """Fix misclassified images of one class; print the result and write the sparse patch."""
+    from ..editors import create_editor
+    from ..hypernet import MaskHypernet
+    from ..preprocess import Preprocessor
+
+    paths = _image_paths(images or [], folder)
+    model, spec = _load(checkpoint, arch)
+    if not 0 <= label < spec.num_classes:
+        raise InvalidInputError(f"label {label} is out of range 0..{spec.num_classes - 1}")
+    inputs = Preprocessor(spec).from_files(paths)
+    import torch
+
+    labels = torch.full((len(inputs),), label, dtype=torch.long)
+    kwargs: dict = {"lr": lr, "optimizer": optimizer, "max_steps": steps}
+    if method == "localized":
+        directory = hypernet or checkpoint.parent / "hypernet"
+        if not (directory / "hypernet.json").is_file():
+            raise InvalidInputError(f"no hypernetwork at {directory}: run `vitedit-ops "
+                                    "meta-train` first or pass --hypernet")
+        kwargs.update(hypernet=MaskHypernet.load(directory), keep_fraction=keep)
+    elif method == "random_mask":
+        kwargs.update(keep_fraction=keep, window=_parse_window(window))
+    elif method in ("window_ft", "ft_l1", "ft_l2", "lora"):
+        kwargs.update(window=_parse_window(window))
+    result = create_editor(method, **kwargs).edit(model, inputs, labels)
+    result.patch.save(out)
+
+    table = Table(title=f"edit ({result.method}) -> {out}")
+    for column in ("image", "before", "after", "label"):
+        table.add_column(column)
+    for path, b, a in zip(paths, result.predictions_before, result.predictions_after):
+        table.add_row(path.name, str(int(b)), str(int(a)), str(label),
+                      style="green" if int(a) == label else "red")
+    console.print(table)
+    console.print(f"success={result.success} steps={result.steps} "
+                  f"time={result.seconds:.2f}s changed values={result.patch.num_values} "
+                  f"kept fraction={result.kept_fraction:.3f}")
+    if not result.success:
+        raise typer.Exit(1)
+
+
+def meta_train(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Base model weights."),
+    images: Path = typer.Option(..., help="Folder of unlabeled images like the training data."),
+    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    out: Path | None = typer.Option(None, help="Output dir (default <checkpoint dir>/hypernet);"
+                                              " re-running resumes from its checkpoint."),
+    iterations: int = typer.Option(500, help="Episode batches."),
+    batch_size: int = typer.Option(8, help="Episodes per batch."),
+    inner_lr: float = typer.Option(1e-2, help="Inner masked-step learning rate."),
+    window: str | None = typer.Option(None, help="FFN blocks START-END (default ~3/4 depth)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Meta-train the mask hypernetwork for a base model (once per base model)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..metatrain import MetaTrainConfig, meta_train as run
+    from ..preprocess import Preprocessor
+    from ..sites import edit_window
+
+    model, spec = _load(checkpoint, arch)
+    inputs = Preprocessor(spec).from_files(_image_paths([], images))
+    config = MetaTrainConfig(iterations=iterations, batch_size=batch_size, inner_lr=inner_lr,
+                             seed=seed)
+    out = out or checkpoint.parent / "hypernet"
+    with Progress(TextColumn("meta-train"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total} bce={task.fields[bce]:.4f}"), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("meta-train", total=iterations, bce=float("nan"))
+        result = run(model, inputs, config, window=edit_window(model, *_parse_window(window)),
+                     out_dir=out, architecture=spec.architecture,
+                     on_iteration=lambda i, _n, e: progress.update(task, completed=i,
+                                                                   bce=e["bce"]))
+    console.print(f"hypernetwork written to {out} (resumed from iteration "
+                  f"{result.resumed_from})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("edit")(edit)
+    app.command("meta-train")(meta_train)

@@ -1,0 +1,103 @@
+"""Pseudo edit episodes for meta-training: where the model's view of an image is disturbed.
+
+CutMix pastes a patch-grid-aligned rectangle of image B into image A; the episode asks the
+edited model to predict on the mixed image what the frozen model predicted on clean A. No
+labels are needed. Other episode kinds (e.g. a PGD-style adversarial perturbation, the paper's
+ablation) register under their own name and are drawn the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import InvalidInputError
+
+
+@dataclass
+class EpisodeBatch:
+    """Mixed (disturbed) inputs and the clean inputs whose predictions are the targets."""
+
+    mixed: torch.Tensor
+    clean: torch.Tensor
+
+
+EpisodeSampler = Callable[[int, torch.Generator], EpisodeBatch]
+_EPISODE_KINDS: dict[str, Callable[..., EpisodeSampler]] = {}
+
+
+def register_episodes(name: str) -> Callable:
+    def wrap(builder: Callable[..., EpisodeSampler]) -> Callable[..., EpisodeSampler]:
+        _EPISODE_KINDS[name] = builder
+        return builder
+    return wrap
+
+
+def create_episodes(name: str, **kwargs) -> EpisodeSampler:
+    if name not in _EPISODE_KINDS:
+        raise InvalidInputError(f"unknown episode kind {name!r}; available: "
+                                f"{', '.join(sorted(_EPISODE_KINDS))}")
+    return _EPISODE_KINDS[name](**kwargs)
+
+
+def patch_grid(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
+    """(rows, cols) of the model's patch grid; rectangles align to it."""
+    embed = getattr(model, "patch_embed", None)
+    patch = getattr(embed, "patch_size", (16, 16)) if embed is not None else (16, 16)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return max(1, input_size[1] // patch[0]), max(1, input_size[2] // patch[1])
+
+
+@register_episodes("cutmix")
+class CutMixEpisodes:
+    """CutMix episodes whose rectangle spans ``min_frac``-``max_frac`` of the grid per side.
+
+    With ``prefer_changed`` the sampler draws extra candidates and keeps those where the mix
+    changes the frozen model's prediction: episodes with nothing to repair teach nothing.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, grid: tuple[int, int],
+                 min_frac: float = 0.2, max_frac: float = 0.6, prefer_changed: bool = True,
+                 oversample: int = 4) -> None:
+        if len(images) < 2:
+            raise InvalidInputError("meta-training needs at least 2 unlabeled images")
+        self.model, self.images, self.grid = model, images, grid
+        self.min_frac, self.max_frac = min_frac, max_frac
+        self.prefer_changed, self.oversample = prefer_changed, oversample
+
+    def _mix(self, count: int, generator: torch.Generator) -> EpisodeBatch:
+        n = len(self.images)
+        a = torch.randint(n, (count,), generator=generator)
+        b = (a + torch.randint(1, n, (count,), generator=generator)) % n
+        clean = self.images[a]
+        mixed = clean.clone()
+        rows, cols = self.grid
+        ph, pw = clean.shape[2] // rows, clean.shape[3] // cols
+        for i in range(count):
+            h = _side(rows, self.min_frac, self.max_frac, generator)
+            w = _side(cols, self.min_frac, self.max_frac, generator)
+            top = int(torch.randint(rows - h + 1, (1,), generator=generator))
+            left = int(torch.randint(cols - w + 1, (1,), generator=generator))
+            ys, xs = slice(top * ph, (top + h) * ph), slice(left * pw, (left + w) * pw)
+            mixed[i, :, ys, xs] = self.images[b[i], :, ys, xs]
+        return EpisodeBatch(mixed=mixed, clean=clean)
+
+    @torch.no_grad()
+    def __call__(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
+        if not self.prefer_changed:
+            return self._mix(batch_size, generator)
+        pool = self._mix(batch_size * self.oversample, generator)
+        device = next(self.model.parameters()).device
+        changed = (self.model(pool.mixed.to(device)).argmax(-1)
+                   != self.model(pool.clean.to(device)).argmax(-1)).cpu()
+        order = torch.argsort(changed.float(), descending=True, stable=True)[:batch_size]
+        return EpisodeBatch(mixed=pool.mixed[order], clean=pool.clean[order])
+
+
+def _side(cells: int, lo: float, hi: float, generator: torch.Generator) -> int:
+    low = max(1, round(lo * cells))
+    high = max(low, min(cells, round(hi * cells)))
+    return int(torch.randint(low, high + 1, (1,), generator=generator))

@@ -1,0 +1,56 @@
+"""One settings object for every part of vitedit-ops.
+
+Read from ``VITEDIT_*`` environment variables (and an optional ``vitedit.toml``/``.env``),
+so a CLI flag, a Prefect job variable and a test fixture all configure the same thing.
+Everything embedded by default lives under ``VITEDIT_HOME``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_cache_dir("vitedit-ops"))
+
+
+class Settings(BaseSettings):
+    """Where things live and which defaults apply; every field maps to ``VITEDIT_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VITEDIT_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Root of embedded state.")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
+    store_url: str | None = Field(None, description="SQLAlchemy URL of the monitoring store.")
+    image_store_url: str | None = Field(None, description="fsspec URL of the image store.")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI.")
+    registered_model: str = Field("vitedit-reference", description="Registered model name.")
+    seed: int = 0
+
+    @cached_property
+    def reference_dir(self) -> Path:
+        return self.home / "reference"
+
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.home / 'monitoring.db'}"
+
+    def resolved_image_store_url(self) -> str:
+        return self.image_store_url or str(self.home / "images")
+
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def mlflow_artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the current environment (cheap; tests change the env freely)."""
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings
