@@ -1,0 +1,148 @@
+"""``vitedit-ops register-base | promote | rollback | history``.
+
+Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. MLflow is imported
+inside the commands, so other commands do not pay for it. Exit codes: 0 done, 2 bad input or
+registry unreachable, 3 promotion refused by the gate/verification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+TrackingUri = Annotated[str | None, typer.Option(
+    "--tracking-uri", envvar="VITEDIT_MLFLOW_TRACKING_URI",
+    help="MLflow tracking/registry URI (default: SQLite under VITEDIT_HOME).")]
+ModelName = Annotated[str | None, typer.Option(
+    "--model", help="Registered model name (default: VITEDIT_REGISTERED_MODEL).")]
+Alias = Annotated[str, typer.Option("--alias", help="Alias to move.")]
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Registry errors become one line and exit 2; refusals list their reasons and exit 3."""
+    from vitedit_ops.errors import VitEditError
+
+    from .errors import PromotionRefusedError
+
+    try:
+        return action()
+    except PromotionRefusedError as exc:
+        err_console.print("[bold red]refused:[/] " + exc.headline, highlight=False)
+        for problem in exc.problems:
+            err_console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+        err_console.print("  (override with --force --reason TEXT)", highlight=False)
+        raise typer.Exit(EXIT_REFUSED) from None
+    except VitEditError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def register_base_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Weights (.safetensors) "
+                                             "with the timm spec JSON beside them.")],
+    suite: Annotated[Path, typer.Option("--suite", help="Gate suite directory to store.")],
+    model: ModelName = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Register a base model as version 1 of a registered model, with alias champion."""
+    from .base import register_base
+
+    reg = _guard(lambda: register_base(checkpoint, suite, name=model,
+                                       tracking_uri=tracking_uri))
+    state = "registered" if reg.created else "already registered"
+    console.print(f"{reg.name} v{reg.version} {state} (run {reg.run_id}), aliases: "
+                  f"{', '.join(reg.aliases) or '-'}")
+
+
+def promote_command(
+    run_id: Annotated[str, typer.Option("--run-id", help="Run that registered the version.")],
+    alias: Alias = "champion",
+    force: Annotated[bool, typer.Option("--force", help="Promote although the gate failed or "
+                                        "the artifacts do not verify (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")] = "",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Move an alias (default champion) to the version of RUN_ID once it verifies."""
+    from .promotion import promote
+
+    event = _guard(lambda: promote(run_id, alias, force=force, reason=reason,
+                                   tracking_uri=tracking_uri))
+    if event is None:
+        console.print(f"the version of run {run_id} already holds {alias}; nothing changed")
+        return
+    forced = " [bold yellow](forced)[/]" if event.forced else ""
+    console.print(f"{alias} -> v{event.version} (was v{event.previous or '-'}){forced}")
+
+
+def rollback_command(
+    model: ModelName = None,
+    alias: Alias = "champion",
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")] = "",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Move an alias (default champion) back to the version that held it before."""
+    from vitedit_ops.settings import get_settings
+
+    from .promotion import rollback
+
+    name = model or get_settings().registered_model
+    event = _guard(lambda: rollback(name, alias, reason=reason, tracking_uri=tracking_uri))
+    console.print(f"{name}@{alias} rolled back to v{event.version} (was v{event.previous})")
+
+
+def history_command(
+    model: ModelName = None,
+    alias: Alias = "champion",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Print the alias's timeline: every promotion and rollback, oldest first."""
+    from vitedit_ops.settings import get_settings
+
+    from . import versions
+    from .client import connect
+    from .promotion import events
+
+    name = model or get_settings().registered_model
+
+    def load():
+        conn = connect(tracking_uri)
+        name_ok = versions.check_safe(name, "model name")
+        found = {v.version: v for v in versions.search(conn.client, f"name = '{name_ok}'")}
+        return events(conn.client, name, alias), found
+
+    timeline, found = _guard(load)
+    table = Table(title=f"{name}@{alias} timeline")
+    for column in ("#", "when (UTC)", "action", "version", "previous", "gate", "groups", "by",
+                   "forced", "reason"):
+        table.add_column(column)
+    holder = next((v for v, info in found.items() if alias in info.aliases), None)
+    for e in timeline:
+        info = found.get(e.version)
+        gate = info.tags.get(versions.GATE, info.kind) if info else "deleted"
+        groups = info.tags.get(versions.EDITED_GROUPS, "") if info else ""
+        current = " *" if e is timeline[-1] and e.version == holder else ""
+        table.add_row(str(e.seq), e.at.replace("+00:00", ""), e.action, f"v{e.version}{current}",
+                      f"v{e.previous}" if e.previous else "-", gate, groups, e.by,
+                      "yes" if e.forced else "", e.reason)
+    console.print(table)
+    if not timeline:
+        console.print(f"no recorded moves of {alias} for {name}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("register-base")(register_base_command)
+    app.command("promote")(promote_command)
+    app.command("rollback")(rollback_command)
+    app.command("history")(history_command)

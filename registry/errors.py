@@ -1,0 +1,22 @@
+"""Registry errors; every one is a ``VitEditError`` so the CLI prints one line for it."""
+
+from __future__ import annotations
+
+from vitedit_ops.errors import VitEditError
+
+
+class RegistryError(VitEditError):
+    """A registry operation failed or was asked for something that does not exist (exit 2)."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The tracking server did not answer within the bounded retries."""
+
+
+class PromotionRefusedError(RegistryError):
+    """The version's gate failed or its artifacts do not match its tags (exit 3)."""
+
+    def __init__(self, headline: str, problems: list[str]):
+        super().__init__(f"{headline}: {'; '.join(problems)}")
+        self.headline = headline
+        self.problems = problems

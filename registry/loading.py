@@ -1,0 +1,106 @@
+"""What the flow and serving load from the registry.
+
+The flow edits the champion again, so it loads the full safetensors weights + timm spec
+(an editable timm model, not MLflow's exported torch graph) and checks them against the
+version's fingerprint tag. Serving loads the ONNX flavor by alias.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from vitedit_ops.models import ModelSpec, fingerprint, load_model
+from vitedit_ops.settings import get_settings
+
+from . import artifacts, versions
+from .client import Connection, connect, translate_errors
+from .errors import RegistryError
+from .versions import CHAMPION, VersionInfo
+
+
+def model_uri(name: str | None = None, alias: str = CHAMPION) -> str:
+    """``models:/NAME@alias``: what serving passes to ``mlflow.onnx``/``pyfunc.load_model``."""
+    name = versions.check_safe(name or get_settings().registered_model, "registered model name")
+    return f"models:/{name}@{alias}"
+
+
+def champion_onnx_uri(name: str | None = None) -> str:
+    return model_uri(name, CHAMPION)
+
+
+def load_champion(name: str | None = None, alias: str = CHAMPION,
+                  tracking_uri: str | None = None) -> tuple[nn.Module, ModelSpec, VersionInfo]:
+    """The alias's version as an editable timm model (eval mode), its spec and its tags."""
+    name = versions.check_safe(name or get_settings().registered_model, "registered model name")
+    conn = connect(tracking_uri)
+    info = versions.by_alias(conn.client, name, alias)
+    if info is None:
+        raise RegistryError(f"{name} has no {alias}: run `vitedit-ops register-base` first")
+    return (*_load_weights(conn, info), info)
+
+
+def load_version(name: str, version: str,
+                 tracking_uri: str | None = None) -> tuple[nn.Module, ModelSpec, VersionInfo]:
+    """Like ``load_champion`` for an explicit version number."""
+    conn = connect(tracking_uri)
+    info = versions.get(conn.client, versions.check_safe(name, "registered model name"), version)
+    return (*_load_weights(conn, info), info)
+
+
+def _load_weights(conn: Connection, info: VersionInfo) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a version's model from its weights artifact; refuses a fingerprint mismatch."""
+    if not info.ready:
+        raise RegistryError(f"{info.name} v{info.version} is not usable "
+                            f"(status {info.tags.get(versions.STATUS, 'missing')})")
+    with tempfile.TemporaryDirectory() as tmp:
+        with translate_errors(f"download weights of {info.name} v{info.version}"):
+            local = Path(conn.client.download_artifacts(info.run_id, artifacts.WEIGHTS_DIR, tmp))
+        model, spec = load_model(local / Path(artifacts.WEIGHTS).name)
+    actual = fingerprint(model)
+    if actual != info.fingerprint:
+        raise RegistryError(f"{info.name} v{info.version}: weights {actual[:12]} do not match "
+                            f"the version's fingerprint tag {info.fingerprint[:12]}")
+    return model, spec
+
+
+def download_suite(name: str | None = None, version: str | None = None,
+                   dst: str | Path | None = None, tracking_uri: str | None = None) -> Path:
+    """The gate suite that applies to a version (default: the champion): the one stored with
+    it, else with its nearest ancestor; verified against that version's ``suite_sha256`` tag.
+    Returns the local suite directory (``dst/suite``, or a new temp dir)."""
+    name = versions.check_safe(name or get_settings().registered_model, "registered model name")
+    conn = connect(tracking_uri)
+    info = (versions.get(conn.client, name, version) if version
+            else versions.by_alias(conn.client, name, CHAMPION))
+    if info is None:
+        raise RegistryError(f"{name} has no {CHAMPION}")
+    holder = _suite_holder(conn, info)
+    target = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="vitedit-suite-"))
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with translate_errors(f"download suite of {name} v{holder.version}"):
+            local = Path(conn.client.download_artifacts(holder.run_id, artifacts.SUITE, tmp))
+        actual = artifacts.directory_sha256(local)
+        if actual != holder.suite_sha256:
+            raise RegistryError(f"suite of {name} v{holder.version} hashes to {actual[:12]}, "
+                                f"its tag says {holder.suite_sha256[:12]}")
+        out = target / artifacts.SUITE
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(local, out)
+    return out
+
+
+def _suite_holder(conn: Connection, info: VersionInfo) -> VersionInfo:
+    """``info`` or its nearest ancestor (following parent versions) that stores a suite."""
+    seen = set()
+    while not info.suite_sha256:
+        if not info.parent_version or info.parent_version in seen:
+            raise RegistryError(f"{info.name} v{info.version}: no suite stored in its lineage")
+        seen.add(info.version)
+        info = versions.get(conn.client, info.name, info.parent_version)
+    return info

@@ -1,0 +1,180 @@
+"""Upload one run: params, metrics, staged files, the ONNX and torch model flavors.
+
+The run is marked ``vitedit.logged=complete`` only after the store is seen to hold every
+staged file and the served ONNX file hashes to what was exported; registration refuses any
+other run. A failure marks the run FAILED with the error as a tag and is re-raised as one
+``RegistryError`` line.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import onnx
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+from torch import nn
+
+from vitedit_ops.export import INPUT_NAME, OUTPUT_NAME, ExportResult, export_onnx, file_sha256
+from vitedit_ops.models import ModelSpec
+
+from . import artifacts, versions
+from .client import Connection, first_line, translate_errors
+from .errors import RegistryError
+
+ONNX_NAME = "onnx"
+TORCH_NAME = "torch"
+MAX_PARAM_CHARS = 6000
+_BATCH_SIZE_EXAMPLE = 2  # pt2 export specialises a batch of 1 into a fixed batch size
+
+
+@dataclass(frozen=True)
+class RunContent:
+    """What one run logs besides its models: params, metrics and the staged files."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    staged: Path
+
+
+def metric_name(name: str) -> str:
+    """MLflow accepts alphanumerics, ``_ - . /`` and spaces in metric names."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
+
+
+def create_run(conn: Connection, experiment_id: str, run_name: str,
+               tags: dict[str, str]) -> str:
+    """An empty run marked in-progress (so it cannot be registered before ``fill_run``)."""
+    with translate_errors("create run"):
+        run = conn.client.create_run(experiment_id, run_name=run_name,
+                                     tags={**tags, versions.LOGGED: "in-progress"})
+    return run.info.run_id
+
+
+def logged_run(conn: Connection, experiment_id: str, key: str) -> str | None:
+    """A run completely logged under idempotency ``key`` (its registration may not have
+    finished): registering it again beats logging everything twice."""
+    with translate_errors("search runs"):
+        runs = conn.client.search_runs(
+            [experiment_id], f"tags.`{versions.IDEMPOTENCY_KEY}` = '{key}' and "
+                             f"tags.`{versions.LOGGED}` = 'complete'",
+            order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def fill_run(conn: Connection, run_id: str, content: RunContent, model: nn.Module,
+             spec: ModelSpec, onnx_export: ExportResult | None) -> None:
+    """Upload everything and finish the run; exports ONNX itself if not given."""
+    try:
+        _upload(conn, run_id, content, model, spec, onnx_export)
+    except Exception as exc:
+        _mark_failed(conn, run_id, exc)
+        if isinstance(exc, RegistryError):
+            raise
+        raise RegistryError(f"logging run {run_id} failed, nothing registered: "
+                            f"{first_line(exc)}") from exc
+
+
+def _upload(conn: Connection, run_id: str, content: RunContent, model: nn.Module,
+            spec: ModelSpec, onnx_export: ExportResult | None) -> None:
+    client = conn.client
+    params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in content.params.items()]
+    metrics = [Metric(metric_name(k), float(v), 0, 0) for k, v in content.metrics.items()]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    manifest = artifacts.write_manifest(content.staged)
+    client.log_artifacts(run_id, str(content.staged))
+
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx_export is None:
+            onnx_export = export_onnx(cpu_model, tuple(spec.input_size), Path(tmp) / "model.onnx")
+        onnx_id, served_sha = _log_models(run_id, cpu_model, spec, onnx_export, Path(tmp))
+    if served_sha != onnx_export.sha256:
+        raise RegistryError(f"the store holds an ONNX file {served_sha[:12]} that differs from "
+                            f"the exported {onnx_export.sha256[:12]}")
+
+    stored = _list_files(client, run_id)
+    missing = artifacts.missing_files(manifest, stored, content.staged)
+    if missing:
+        raise RegistryError(f"upload incomplete, store lacks {', '.join(missing[:5])}")
+    client.set_tag(run_id, versions.ONNX_MODEL_ID, onnx_id)
+    client.set_tag(run_id, versions.ONNX_SHA256, served_sha)
+    client.set_tag(run_id, versions.LOGGED, "complete")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _log_models(run_id: str, model: nn.Module, spec: ModelSpec, onnx_export: ExportResult,
+                tmp: Path) -> tuple[str, str]:
+    """Log both flavors into the run; return the ONNX model id and the served file's sha256."""
+    example = torch.randn(_BATCH_SIZE_EXAMPLE, *spec.input_size,
+                          generator=torch.Generator().manual_seed(0)).numpy()
+    onnx_signature = _signature(spec, INPUT_NAME, OUTPUT_NAME)
+    # pyfunc of the torch flavor takes a bare array, not a dict keyed by input name.
+    torch_signature = _signature(spec, None, None)
+    # start_run() ends the run as FINISHED on exit; the caller marks it complete (or FAILED)
+    # only after checking the upload, and registration looks at that mark, not the status.
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        onnx_info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_export.path)), name=ONNX_NAME,
+            onnx_execution_providers=["CPUExecutionProvider"], signature=onnx_signature,
+            input_example=example, save_as_external_data=False,
+            pip_requirements=_pins("onnx", _onnxruntime_dist()))
+        torch_info = mlflow.pytorch.log_model(
+            model, name=TORCH_NAME, input_example=example, signature=torch_signature,
+            pip_requirements=_pins("torch"))
+        mlflow.set_tag(versions.TORCH_MODEL_ID, torch_info.model_id)
+    served = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{onnx_info.artifact_path.rstrip('/')}/model.onnx", dst_path=str(tmp / "dl"))
+    return onnx_info.model_id, file_sha256(served)
+
+
+def _signature(spec: ModelSpec, input_name: str | None,
+               output_name: str | None) -> ModelSignature:
+    """Batches of images in, logits out; the batch axis is dynamic."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *spec.input_size), input_name)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.num_classes), output_name)]))
+
+
+def _onnxruntime_dist() -> str:
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            version(dist)
+            return dist
+        except PackageNotFoundError:
+            continue
+    raise RegistryError("onnxruntime is not installed; install vitedit-ops[cpu] or [gpu]")
+
+
+def _pins(*dists: str) -> list[str]:
+    """Exact versions of what the model needs: skips MLflow's slow requirement inference."""
+    return [f"{d}=={version(d).split('+')[0]}" for d in dists]
+
+
+def _list_files(client, run_id: str, path: str | None = None) -> list[tuple[str, int]]:
+    files = []
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            files += _list_files(client, run_id, info.path)
+        else:
+            files.append((info.path, info.file_size))
+    return files
+
+
+def _mark_failed(conn: Connection, run_id: str, exc: BaseException) -> None:
+    """Best effort: with the store gone, the run stays unfinished, which is never registered."""
+    try:
+        conn.client.set_tag(run_id, versions.ERROR, first_line(exc)[:5000])
+        conn.client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass

@@ -1,0 +1,269 @@
+"""Fixtures for the registry tests: a tiny timm ViT, a suite, real patches and gate reports,
+an embedded MLflow store and (for ``@pytest.mark.server``) a real ``mlflow server``."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from safetensors.torch import save_file
+
+from registry.record import EditRunRecord, GroupEdit
+from vitedit_ops.export import ExportResult, export_onnx
+from vitedit_ops.gate.report import CheckResult, GateReport
+from vitedit_ops.metrics import predict_logits
+from vitedit_ops.models import ModelSpec, fingerprint, save_model
+from vitedit_ops.patch import Patch
+
+FC1, FC2 = "blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"
+HIDDEN = 256
+LOCALITY_THRESHOLD = 0.9
+
+
+@pytest.fixture(scope="session")
+def spec() -> ModelSpec:
+    return ModelSpec.for_timm_model("vit_tiny_patch16_224", num_classes=10, img_size=32,
+                                    patch_size=8, embed_dim=64, depth=2, num_heads=2)
+
+
+@pytest.fixture(scope="session")
+def base_model(spec):
+    torch.manual_seed(0)
+    return spec.build().eval()
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(tmp_path_factory, base_model, spec) -> Path:
+    return save_model(base_model, spec, tmp_path_factory.mktemp("base") / "reference.safetensors")
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    """A suite directory (images + labels) and its tensors."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(96, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (96,), generator=generator)
+    root = tmp_path_factory.mktemp("suite")
+    save_file({"images": images, "labels": labels}, str(root / "suite.safetensors"))
+    (root / "README.txt").write_text("locality suite of the registry tests\n")
+    return root, images, labels
+
+
+@dataclass
+class Edit:
+    """A real edit of the base: the record and the exported ONNX of the edited model."""
+
+    record: EditRunRecord
+    onnx: ExportResult
+
+
+def _edit(base_model, spec, suite, keys: list[str], scale: float, seed: int) -> EditRunRecord:
+    """Patch blocks.1's FFN once per group (16 units each), gate it on the suite for real."""
+    _, images, labels = suite
+    generator = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(base_model)
+    parent_fp = fingerprint(base_model)
+    before_preds = predict_logits(base_model, images).argmax(-1)
+    groups = []
+    for key in keys:
+        index = torch.randperm(HIDDEN, generator=generator)[:16]
+        d1 = torch.randn(16, 64, generator=generator) * scale
+        d2 = torch.randn(64, 16, generator=generator) * scale
+        # index.clone(): Patch.save refuses entries sharing one index tensor (safetensors)
+        deltas = [(FC1, "rows", index, d1), (FC2, "cols", index.clone(), d2)]
+        patch = Patch.from_deltas(model, deltas, base_fingerprint=fingerprint(model),
+                                  metadata={"group": key})
+        patch.apply(model)
+        scores = {FC1: torch.rand(HIDDEN, generator=generator),
+                  FC2: torch.rand(HIDDEN, generator=generator)}
+        groups.append(GroupEdit(key=key, num_edit_images=1, num_heldout_images=9, patch=patch,
+                                success=True, steps=12, seconds=0.4,
+                                before={"generalization": 0.1, "locality": 1.0},
+                                after={"generalization": 0.7, "locality": 0.95},
+                                mask_scores=scores, kept_units={FC1: index, FC2: index}))
+    after_preds = predict_logits(model, images).argmax(-1)
+    locality = float((after_preds == before_preds).float().mean())
+    report = GateReport(
+        checks=[CheckResult.evaluate("locality", locality, LOCALITY_THRESHOLD, ">="),
+                CheckResult.evaluate("reliability", 1.0, 1.0, ">=")],
+        suite_hash="ab" * 32, base_fingerprint=parent_fp,
+        candidate_fingerprint=fingerprint(model))
+    return EditRunRecord(
+        registered_model="unset", parent_version="1", parent_fingerprint=parent_fp,
+        base_version="1", lineage_root_fingerprint=parent_fp, method="localized",
+        settings={"lr": 2e-5, "keep_fraction": 0.1, "optimizer": "rmsprop", "max_steps": 100},
+        window="blocks 0-1", groups=groups,
+        metrics_before={"generalization": 0.1, "locality": 1.0},
+        metrics_after={"generalization": 0.7, "locality": locality}, gate_report=report,
+        model=model, spec=spec, suite_labels=labels, suite_predictions_before=before_preds,
+        suite_predictions_after=after_preds)
+
+
+@pytest.fixture(scope="session")
+def good_edit(base_model, spec, suite, tmp_path_factory) -> Edit:
+    """Two small patches: the gate passes."""
+    record = _edit(base_model, spec, suite, ["3->8", "5->6"], scale=1e-3, seed=2)
+    assert record.gate_report.passed
+    onnx = export_onnx(record.model, spec.input_size, tmp_path_factory.mktemp("good-onnx") /
+                       "model.onnx")
+    return Edit(replace(record, onnx=onnx), onnx)
+
+
+@pytest.fixture(scope="session")
+def bad_edit(base_model, spec, suite, tmp_path_factory) -> Edit:
+    """One large patch: locality collapses and the gate fails."""
+    record = _edit(base_model, spec, suite, ["7->1"], scale=3.0, seed=3)
+    assert not record.gate_report.passed
+    onnx = export_onnx(record.model, spec.input_size, tmp_path_factory.mktemp("bad-onnx") /
+                       "model.onnx")
+    return Edit(replace(record, onnx=onnx), onnx)
+
+
+@pytest.fixture(scope="session")
+def embedded_uri(tmp_path_factory) -> Iterator[str]:
+    """One SQLite store for the session (creating its tables takes ~10 s); tests use their
+    own registered model names. VITEDIT_HOME points at a temp dir for the artifacts."""
+    home = tmp_path_factory.mktemp("home")
+    saved = os.environ.get("VITEDIT_HOME")
+    os.environ["VITEDIT_HOME"] = str(home)
+    yield f"sqlite:///{home / 'mlflow.db'}"
+    if saved is None:
+        os.environ.pop("VITEDIT_HOME", None)
+    else:
+        os.environ["VITEDIT_HOME"] = saved
+
+
+@pytest.fixture
+def model_name(request) -> str:
+    """A registered model name unique to the test."""
+    return "t-" + request.node.name.replace("[", "-").replace("]", "")[:80]
+
+
+@pytest.fixture
+def for_model() -> Callable[[Edit, str], EditRunRecord]:
+    """The edit's record retargeted at another registered model."""
+    def make(edit: Edit, name: str, **changes) -> EditRunRecord:
+        return replace(edit.record, registered_model=name, **changes)
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A loopback URL nothing listens on."""
+    return f"http://127.0.0.1:{_free_port()}"
+
+
+class _ServerProcess:
+    """``mlflow server`` on loopback with one worker, in its own process group."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="vitedit-mlflow-server-"))
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.log = open(self.root / "server.log", "w")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--default-artifact-root", (self.root / "artifacts").as_uri(),
+             "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "-w", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+
+    def wait_ready(self, seconds: float = 120) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.root / "server.log").read_text()[-2000:]
+                pytest.fail(f"mlflow server exited: {log}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self.url
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"mlflow server did not answer /health within {seconds} s")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker, nothing else
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # uvicorn's graceful shutdown; the DB is disposable
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_server: _ServerProcess | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the server as soon as a server test is selected: its ~20 s start-up then overlaps
+    with the embedded tests, which run first."""
+    global _server
+    here = Path(__file__).parent
+    if any(item.get_closest_marker("server") and here in item.path.parents
+           for item in session.items):
+        _server = _ServerProcess()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> str:
+    """URL of the real server started at collection time."""
+    assert _server is not None, "only tests marked @pytest.mark.server get the server"
+    return _server.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def base_onnx(base_model, spec, tmp_path_factory) -> ExportResult:
+    """The base exported once, so registering a base in a test costs seconds, not an export."""
+    return export_onnx(base_model, spec.input_size, tmp_path_factory.mktemp("base-onnx") /
+                       "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def register_base_as(base_checkpoint, suite, base_onnx) -> Callable[..., object]:
+    """Register the test base under a name (v1, champion)."""
+    from registry.base import register_base
+
+    def make(name: str, uri: str):
+        return register_base(base_checkpoint, suite[0], name=name, onnx=base_onnx,
+                             tracking_uri=uri)
+    return make
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., object]:
+    """Runs the registry commands on a fresh typer app; returns click's Result."""
+    import typer
+    from typer.testing import CliRunner
+
+    from registry.cli import register
+
+    app = typer.Typer()
+    register(app)
+    # wide terminal: rich would otherwise wrap the history table into 80 columns
+    return lambda *args: CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})

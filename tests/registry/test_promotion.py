@@ -1,0 +1,137 @@
+"""promote / rollback / history through the CLI on the embedded store."""
+
+from dataclasses import replace
+
+import pytest
+from mlflow import MlflowClient
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from registry.mlflow_registry import publish_edit
+from registry.promotion import AliasEvent, champion_stack, events
+
+
+@pytest.fixture
+def as_reviewer(embedded_uri, monkeypatch):
+    monkeypatch.setenv("VITEDIT_MLFLOW_TRACKING_URI", embedded_uri)
+    monkeypatch.setenv("VITEDIT_USER", "reviewer-ana")
+
+
+@pytest.fixture(scope="module")
+def shared(embedded_uri, register_base_as, good_edit, bad_edit):
+    """For tests that never move an alias: v1 base champion, v2 gate passed, v3 gate failed."""
+    name = "promotion-shared"
+    register_base_as(name, embedded_uri)
+    good = publish_edit(replace(good_edit.record, registered_model=name), embedded_uri)
+    bad = publish_edit(replace(bad_edit.record, registered_model=name), embedded_uri)
+    return name, good, bad, MlflowClient(embedded_uri)
+
+
+def _champion(client, name):
+    return str(client.get_model_version_by_alias(name, "champion").version)
+
+
+def test_promote_rollback_history(as_reviewer, embedded_uri, register_base_as, good_edit,
+                                  model_name, run_cli):
+    register_base_as(model_name, embedded_uri)
+    good = publish_edit(replace(good_edit.record, registered_model=model_name), embedded_uri)
+    client = MlflowClient(embedded_uri)
+
+    result = run_cli("promote", "--run-id", good.run_id)
+    assert result.exit_code == 0, result.output
+    assert "champion -> v2 (was v1)" in result.stdout
+    assert _champion(client, model_name) == "2"
+    tags = client.get_model_version(model_name, "2").tags
+    assert tags["vitedit.champion.by"] == "reviewer-ana"
+    assert tags["vitedit.champion.previous"] == "1"
+    assert tags["vitedit.champion.forced"] == "false" and tags["vitedit.champion.at"]
+    # the challenger became champion, so it is no longer a challenger
+    assert client.get_model_version(model_name, "2").aliases == ["champion"]
+
+    again = run_cli("promote", "--run-id", good.run_id)
+    assert again.exit_code == 0 and "nothing changed" in again.stdout
+
+    back = run_cli("rollback", "--model", model_name, "--reason", "drift on 7s")
+    assert back.exit_code == 0, back.output
+    assert _champion(client, model_name) == "1"
+    v1 = client.get_model_version(model_name, "1").tags
+    assert v1["vitedit.champion.action"] == "rollback" and v1["vitedit.champion.previous"] == "2"
+    assert v1["vitedit.champion.reason"] == "drift on 7s"
+
+    nothing_left = run_cli("rollback", "--model", model_name)
+    assert nothing_left.exit_code == 2 and "no previous champion" in nothing_left.stderr
+
+    table = run_cli("history", "--model", model_name)
+    assert table.exit_code == 0
+    for text in ("register-base", "promote", "rollback", "reviewer-ana", "drift on 7s"):
+        assert text in table.stdout
+    assert [e.action for e in events(client, model_name)] == [
+        "register-base", "promote", "rollback"]
+
+    client.set_registered_model_alias(model_name, "champion", "2")  # someone used the UI
+    outside = run_cli("rollback", "--model", model_name)
+    assert outside.exit_code == 2 and "moved outside vitedit-ops" in outside.stderr
+
+
+def test_forced_promotion_records_who_why_and_what_was_overridden(
+        as_reviewer, embedded_uri, register_base_as, bad_edit, model_name, run_cli):
+    register_base_as(model_name, embedded_uri)
+    bad = publish_edit(replace(bad_edit.record, registered_model=model_name), embedded_uri)
+    forced = run_cli("promote", "--run-id", bad.run_id, "--force", "--reason", "hotfix, see #12")
+    assert forced.exit_code == 0 and "(forced)" in forced.stdout
+    tags = MlflowClient(embedded_uri).get_model_version(model_name, "2").tags
+    assert tags["vitedit.champion.forced"] == "true"
+    assert tags["vitedit.champion.reason"] == "hotfix, see #12"
+    assert tags["vitedit.champion.by"] == "reviewer-ana"
+    assert "gate failed (locality)" in tags["vitedit.champion.overridden"]
+
+
+def test_gate_failure_is_refused_with_exit_3(as_reviewer, shared, run_cli):
+    name, _, bad, client = shared
+    refused = run_cli("promote", "--run-id", bad.run_id)
+    assert refused.exit_code == 3
+    assert "refused" in refused.stderr and "gate failed (locality)" in refused.stderr
+    assert _champion(client, name) == "1"
+
+
+def test_force_without_reason_is_bad_input(as_reviewer, shared, run_cli):
+    name, _, bad, client = shared
+    result = run_cli("promote", "--run-id", bad.run_id, "--force")
+    assert result.exit_code == 2 and "--reason" in result.stderr
+    assert _champion(client, name) == "1"
+
+
+def test_tampered_patch_artifact_is_detected(as_reviewer, shared, run_cli):
+    name, _, bad, client = shared
+    root = client.get_run(bad.run_id).info.artifact_uri.removeprefix("file://")
+    path = f"{root}/patches/00_7to1.safetensors"
+    with safe_open(path, framework="pt") as handle:
+        header = handle.metadata()
+    tensors = load_file(path)
+    tensors["0.after"] = tensors["0.after"] + 0.5  # a valid patch, but not the gated one
+    save_file(tensors, path, metadata=header)
+
+    refused = run_cli("promote", "--run-id", bad.run_id)
+    assert refused.exit_code == 3
+    assert "patch sha256 list hash" in refused.stderr and "does not match tag" in refused.stderr
+    assert _champion(client, name) == "1"
+
+
+def test_unknown_run_and_run_without_version_are_bad_input(as_reviewer, shared, run_cli):
+    name, _, _, client = shared
+    unknown = run_cli("promote", "--run-id", "0" * 32)
+    assert unknown.exit_code == 2 and "find run" in unknown.stderr
+
+    experiment = client.get_experiment_by_name(f"vitedit-{name}").experiment_id
+    unregistered = client.create_run(experiment, run_name="never registered").info.run_id
+    missing = run_cli("promote", "--run-id", unregistered)
+    assert missing.exit_code == 2 and "has no registered model version" in missing.stderr
+
+
+def test_rollback_follows_the_stack_not_the_last_previous():
+    def event(seq, action, version):
+        return AliasEvent(seq, "champion", action, version, "", "u", "t")
+
+    timeline = [event(1, "register-base", "1"), event(2, "promote", "2"),
+                event(3, "promote", "3"), event(4, "rollback", "2")]
+    assert champion_stack(timeline) == ["1", "2"]  # next rollback goes to v1, not back to v3

@@ -1,0 +1,86 @@
+"""The register / promote / rollback cycle through a real ``mlflow server``, and what happens
+when no server answers."""
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from registry.client import connect
+from registry.errors import RegistryError, RegistryUnavailableError
+from registry.loading import load_champion
+from registry.mlflow_registry import publish_edit
+from vitedit_ops.export import ExportResult
+from vitedit_ops.models import fingerprint
+
+
+@pytest.mark.server
+def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite, good_edit,
+                                          run_cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("VITEDIT_MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("VITEDIT_USER", "ci")
+    name = "served"
+    base = register_base_as(name, mlflow_server)
+    assert (base.version, base.aliases) == ("1", ("champion",))
+
+    # a fault midway through the upload leaves nothing on the server
+    corrupt = tmp_path / "model.onnx"
+    corrupt.write_bytes(good_edit.onnx.path.read_bytes()[:5000])
+    record = replace(good_edit.record, registered_model=name)
+    with pytest.raises(RegistryError, match="nothing registered"):
+        publish_edit(replace(record, onnx=ExportResult(corrupt, "0" * 64, 20)))
+    client = MlflowClient(mlflow_server)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    good = publish_edit(record)
+    assert (good.version, good.aliases) == ("2", ("challenger",))
+    assert publish_edit(record).created is False
+
+    promoted = run_cli("promote", "--run-id", good.run_id)
+    assert promoted.exit_code == 0, promoted.output
+    model, _, info = load_champion(name)
+    assert info.version == "2"
+    assert fingerprint(model) == good_edit.record.gate_report.candidate_fingerprint
+    assert client.get_model_version(name, "2").tags["vitedit.champion.by"] == "ci"
+
+    mlflow.set_tracking_uri(mlflow_server)
+    served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = served.predict(suite[1][:4].numpy().astype(np.float32))
+    assert np.asarray(out["logits"] if isinstance(out, dict) else out).shape == (4, 10)
+
+    assert run_cli("rollback", "--model", name).exit_code == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    history = run_cli("history", "--model", name)
+    assert history.exit_code == 0
+    rows = [line for line in history.stdout.splitlines() if "│ v" in line]
+    assert [("register-base" in r, "promote" in r, "rollback" in r) for r in rows] == [
+        (True, False, False), (False, True, False), (False, False, True)]
+
+
+def test_unreachable_server_gives_one_line_and_exit_2(dead_url):
+    env = {**os.environ, "VITEDIT_MLFLOW_TRACKING_URI": dead_url,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "vitedit-ops"), "promote", "--run-id", "a" * 32],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable after 3 attempts" in lines[0], result.stderr
+    # 3 attempts with backoff 1 s, 2 s in between, plus interpreter start-up
+    assert time.monotonic() - started < 90
+
+
+def test_connect_retries_are_bounded(monkeypatch, dead_url):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match="after 1 attempts"):
+        connect(dead_url)
+    assert time.monotonic() - started < 10
