@@ -1,0 +1,83 @@
+"""Stack the accepted group edits on the champion, one after another.
+
+Groups were edited independently, each on the champion, so two patches may touch the same
+rows: the second one's recorded before-values are then stale. It is *rebased*: its change
+(after - before) is re-expressed on the current weights, which keeps every patch exact and
+revertible in application order. After each patch, every group applied so far must still fix
+all of its edit images, and the stack must stay above the per-group suite floors (locality,
+retention of earlier nights' fixes): groups that each pass alone can fail together. A group
+that breaks any of this is taken back out and reported.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vitedit_ops.errors import PatchConflictError
+from vitedit_ops.metrics import predict_logits
+from vitedit_ops.models import fingerprint
+from vitedit_ops.patch import Patch
+
+from .config import EditSettings
+from .edits import GroupOutcome, suite_checks, suite_problems
+from .lineage import ChampionContext
+
+
+@dataclass
+class Combination:
+    """The candidate model and the patches applied to make it, in order."""
+
+    model: nn.Module
+    applied: list[tuple[GroupOutcome, Patch]] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def patches(self) -> list[Patch]:
+        return [patch for _, patch in self.applied]
+
+    @property
+    def edited_params(self) -> list[str]:
+        return sorted({p for patch in self.patches for p in patch.params})
+
+
+def rebase(patch: Patch, model: nn.Module) -> Patch:
+    """The same change as ``patch``, with before-values read from ``model`` now."""
+    deltas = [(e.param, e.kind, e.index, e.after - e.before) for e in patch.entries]
+    return Patch.from_deltas(model, deltas, fingerprint(model), metadata=patch.metadata)
+
+
+def combine(context: ChampionContext, outcomes: list[GroupOutcome],
+            settings: EditSettings) -> Combination:
+    """Apply accepted outcomes' patches in order on a copy of the champion."""
+    combination = Combination(copy.deepcopy(context.model).cpu())
+    model = combination.model
+    for outcome in outcomes:
+        if not outcome.accepted or outcome.patch is None:
+            continue
+        try:
+            outcome.patch.apply(model)
+            patch = outcome.patch
+        except PatchConflictError:
+            patch = rebase(outcome.patch, model)
+            patch.apply(model)
+        broken = [o.key for o, _ in [*combination.applied, (outcome, patch)]
+                  if not _fixes_all(context, model, o)]
+        problems = ([f"it breaks {', '.join(broken)}"] if broken else
+                    suite_problems(suite_checks(context, model), settings))
+        if problems:
+            patch.revert(model)
+            combination.left_out[outcome.key] = ("left out when combining, with the earlier "
+                                                 f"groups: {'; '.join(problems)}")
+            continue
+        combination.applied.append((outcome, patch))
+    return combination
+
+
+def _fixes_all(context: ChampionContext, model: nn.Module, outcome: GroupOutcome) -> bool:
+    images = outcome.images
+    predictions = predict_logits(model, context.suite.inputs(images.edit_pixels)).argmax(-1)
+    return bool(torch.equal(predictions, images.labels))

@@ -1,0 +1,157 @@
+"""The demo's steps, each a thin use of the product's own APIs (nothing demo-only below)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from monitoring import PredictionLogger, open_image_store, open_store
+from registry.base import register_base
+from registry.promotion import promote
+from vitedit_ops.gate import build_suite
+from vitedit_ops.reference import Reference, build_reference, hypernet_path, load_reference
+from vitedit_ops.reference.hypernet import hypernet_builder
+from vitedit_ops.settings import get_settings
+
+from ..config import EditSettings
+from ..display import print_night
+from ..hypernets import register_hypernet
+from ..nightly import nightly_edit
+from ..reporting import NightlyResult, mlflow_ui_command
+from .scenario import DAYS, day_requests
+from .serving import ChampionServer, review, serve_day
+
+FEEDBACK_DELAY = timedelta(hours=6)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def day_start(day: int) -> datetime:
+    """Day 1 was the day before yesterday, day 2 yesterday: both wholly in the past."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=3 - day)
+
+
+class Demo:
+    """State shared by the steps: the reference build and the registered lineage's name."""
+
+    def __init__(self, console: Console, reference_dir: Path, name: str) -> None:
+        self.console = console
+        self.reference_dir = reference_dir
+        self.name = name
+        self.settings = get_settings()
+        self.tracking_uri = self.settings.resolved_mlflow_uri()
+        self.ref: Reference | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+    def reference(self, fresh: bool) -> None:
+        """The cached reference model and hypernetwork, or a new build of what is missing."""
+        with _progress(self.console) as progress:
+            task = progress.add_task("meta-train hypernetwork", visible=False)
+            builder = hypernet_builder(on_iteration=lambda i, n, _: progress.update(
+                task, completed=i, total=n, visible=True))
+            if fresh:
+                self.ref = build_reference(reference_dir=self.reference_dir, force=True,
+                                           hypernet_builder=builder, progress=True)
+            else:
+                self.ref = load_reference(reference_dir=self.reference_dir,
+                                          hypernet_builder=builder, progress=True)
+        card = self.ref.card
+        self.console.print(
+            f"reference ViT {card.fingerprint[:12]}: accuracy "
+            + ", ".join(f"{pool} {acc:.3f}" for pool, acc in card.accuracy.items())
+            + "; under shifts " + ", ".join(f"{s} {o['accuracy']:.3f}"
+                                            for s, o in card.shifts.items()), highlight=False)
+        self.console.print(f"hypernetwork: {hypernet_path(card, self.reference_dir)}",
+                           highlight=False)
+
+    def register_base(self) -> None:
+        """Suite from the locality pool; base registered (v1, champion) with its hypernetwork
+        and held-out replay pool."""
+        ref = self.ref
+        suite_dir = self.settings.home / "suite"
+        pool = ref.data.locality
+        suite = build_suite(suite_dir, ref.model, ref.spec, pool.pixels, pool.labels, pool.ids)
+        self.console.print(f"suite {suite.content_hash[:12]}: {len(suite.pixels)} clean images, "
+                           f"{len(suite.sensitive)} sensitive ({suite.sensitive_rule})",
+                           highlight=False)
+        registration = register_base(self.reference_dir / ref.card.weights, suite_dir,
+                                     name=self.name, tracking_uri=self.tracking_uri)
+        register_hypernet(self.name, registration.version,
+                          hypernet_path(ref.card, self.reference_dir), ref.data.replay.pixels,
+                          self.tracking_uri)
+        store = open_store()
+        try:
+            store.register_model(self.name, ref.spec.num_classes, ref.spec.class_names)
+        finally:
+            store.close()
+        self.console.print(f"registered {self.name} v{registration.version} "
+                           f"({', '.join(registration.aliases)}) with its hypernetwork in "
+                           f"{self.tracking_uri}", highlight=False)
+
+    # -- a day ----------------------------------------------------------------------------
+    def serve(self, day: int) -> None:
+        """A day of traffic served by the champion, then the reviewers' labels."""
+        requests = day_requests(self.ref.data, day)
+        server = ChampionServer(self.name, self.tracking_uri)
+        store = open_store()
+        try:
+            with PredictionLogger(store, open_image_store()) as logger, \
+                    _progress(self.console) as progress:
+                task = progress.add_task(f"serving champion v{server.version} "
+                                         f"({server.provider})", total=len(requests))
+                errors = serve_day(server, logger, requests, day_start(day),
+                                   lambda n: progress.advance(task, n))
+                stats = logger.stats()
+            when = min(day_start(day) + timedelta(days=1) + FEEDBACK_DELAY, datetime.now(UTC))
+            labelled = review(store, requests, when)
+        finally:
+            store.close()
+        shift = DAYS[day][0]
+        counts = {sub: sum(r.subpopulation == sub for r in requests) for sub in ("clean", shift)}
+        self.console.print(
+            f"{len(requests)} requests logged ({stats.accepted} new images/predictions stored), "
+            + ", ".join(f"{sub}: {errors.get(sub, 0)}/{n} wrong" for sub, n in counts.items())
+            + f"; {labelled} reviewer labels arrived", highlight=False)
+
+    def night(self, day: int) -> NightlyResult:
+        with self.console.status(f"night {day}: nightly-edit flow running (Prefect)..."):
+            result = nightly_edit(model=self.name, edit_settings=EditSettings())
+        print_night(result, self.console, self.tracking_uri)
+        retention = result.gate.check("retention") if result.gate is not None else None
+        if retention is not None and retention.value is not None:
+            self.console.print(f"the gate re-checked {retention.details.get('images')} images "
+                               f"fixed by earlier nights: {retention.value:.0%} still right",
+                               highlight=False)
+        return result
+
+    def promote(self, night: NightlyResult) -> None:
+        """What a reviewer does after reading the version page: promote a passed challenger."""
+        if not (night.version and night.gate_passed):
+            self.console.print("no challenger passed the gate: the champion stays; night 2 "
+                               "edits it again")
+            return
+        event = promote(night.run_id, user="demo-reviewer",
+                        reason="reviewed the gate report and plots in the demo",
+                        tracking_uri=self.tracking_uri)
+        moved = f"v{event.previous} -> v{event.version}" if event else f"v{night.version}"
+        self.console.print(f"promoted: {self.name}@champion {moved} (the registry re-verified "
+                           "the patches, weights and ONNX hashes first)", highlight=False)
+
+    def where_to_look(self, first: NightlyResult | None) -> None:
+        table = Table(title="where to look", show_header=False)
+        table.add_row("MLflow UI (runs, versions, plots)", mlflow_ui_command(self.tracking_uri))
+        table.add_row("Prefect UI (flow runs, artifacts)", "prefect server start")
+        table.add_row("champion timeline", f"VITEDIT_HOME={self.settings.home} vitedit-ops "
+                                           f"history --model {self.name}")
+        if first is not None and first.run_id:
+            table.add_row("roll back night 1", f"VITEDIT_HOME={self.settings.home} vitedit-ops "
+                                               f"rollback --model {self.name}")
+        self.console.print(table)

@@ -1,0 +1,130 @@
+"""What a night edits: the champion, its lineage's hypernetwork and suite, and its drift.
+
+The flow pins the champion's version number at the start (the alias may move meanwhile) and
+passes a small :class:`ChampionRef` to every task. Tasks turn it into a
+:class:`ChampionContext` through a per-process cache, so threads share one copy and each Dask
+worker downloads the champion once, from the registry, which every worker can reach.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from registry import versions
+from registry.client import connect
+from registry.errors import RegistryError
+from registry.loading import download_suite, load_version
+from vitedit_ops.errors import IncompatibleBaseError
+from vitedit_ops.gate import Suite, load_suite
+from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.metrics import predict_logits
+from vitedit_ops.models import ModelSpec
+
+from .hypernets import load_assets
+
+_CACHE_SIZE = 2
+
+
+@dataclass(frozen=True)
+class ChampionRef:
+    """A pinned registered version: cheap to pass to tasks on any worker."""
+
+    name: str
+    version: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far the champion has moved from its lineage root (the hypernetwork's base)."""
+
+    relation: str                       # "base" or "descendant"
+    changed_tensors: tuple[str, ...]
+    window_relative_change: float       # ||W - W_root|| / ||W_root|| over the edit window
+
+    def summary(self) -> str:
+        if self.relation == "base":
+            return "the champion is the lineage root (no edits yet)"
+        return (f"{len(self.changed_tensors)} tensors changed since the lineage root, "
+                f"edit-window weights moved {self.window_relative_change:.2%} (relative L2)")
+
+
+@dataclass
+class ChampionContext:
+    """The loaded champion and everything tied to its lineage."""
+
+    ref: ChampionRef
+    info: versions.VersionInfo
+    model: nn.Module
+    spec: ModelSpec
+    hypernet: MaskHypernet
+    suite: Suite
+    suite_predictions: torch.Tensor     # the champion's top-1 on the suite's clean images
+    drift: Drift
+    base_replay: torch.Tensor | None    # the lineage's held-out replay pixels, if registered
+    _workdir: tempfile.TemporaryDirectory
+
+    @property
+    def root_fingerprint(self) -> str:
+        return self.info.lineage_root_fingerprint
+
+
+def resolve_champion(name: str, tracking_uri: str) -> ChampionRef:
+    """Pin the version that holds the ``champion`` alias now."""
+    info = versions.by_alias(connect(tracking_uri).client, name, versions.CHAMPION)
+    if info is None:
+        raise RegistryError(f"{name} has no champion: register a base model first")
+    return ChampionRef(name, info.version, tracking_uri)
+
+
+_lock = threading.Lock()
+_cache: dict[ChampionRef, ChampionContext] = {}
+
+
+def champion_context(ref: ChampionRef) -> ChampionContext:
+    """The context of ``ref``, loaded once per process (thread-safe)."""
+    with _lock:
+        if ref not in _cache:
+            while len(_cache) >= _CACHE_SIZE:
+                _cache.pop(next(iter(_cache)))
+            _cache[ref] = _load(ref)
+        return _cache[ref]
+
+
+def _load(ref: ChampionRef) -> ChampionContext:
+    model, spec, info = load_version(ref.name, ref.version, tracking_uri=ref.tracking_uri)
+    assets = load_assets(info, ref.tracking_uri)
+    hypernet = assets.hypernet
+    if hypernet.config.base_fingerprint != info.lineage_root_fingerprint:
+        raise IncompatibleBaseError(
+            f"{ref.name} v{ref.version} descends from {info.lineage_root_fingerprint[:12]}, but "
+            f"its lineage's hypernetwork was trained for {hypernet.config.base_fingerprint[:12]}")
+    lineage = hypernet.check_base(model)
+    workdir = tempfile.TemporaryDirectory(prefix="vitedit-champion-")
+    suite = load_suite(download_suite(ref.name, ref.version, dst=workdir.name,
+                                      tracking_uri=ref.tracking_uri))
+    suite.assert_lineage(info.lineage_root_fingerprint)
+    predictions = predict_logits(model, suite.inputs(suite.pixels)).argmax(-1)
+    if lineage.relation == "base":
+        drift = Drift("base", (), 0.0)
+    else:
+        root, _, _ = load_version(ref.name, info.base_version, tracking_uri=ref.tracking_uri)
+        drift = Drift("descendant", lineage.changed_tensors,
+                      relative_change(root, model, hypernet.config.weight_names))
+    return ChampionContext(ref, info, model, spec, hypernet, suite, predictions, drift,
+                           assets.replay, workdir)
+
+
+def relative_change(root: nn.Module, model: nn.Module, names: list[str]) -> float:
+    """``||W - W_root|| / ||W_root||`` over the named weights taken together."""
+    current, original = dict(model.named_parameters()), dict(root.named_parameters())
+    diff = sum(float((current[n].detach().double() - original[n].detach().double()).norm() ** 2)
+               for n in names)
+    size = sum(float(original[n].detach().double().norm() ** 2) for n in names)
+    return (diff / size) ** 0.5 if size else 0.0
+

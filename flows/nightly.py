@@ -1,0 +1,353 @@
+"""The ``nightly-edit`` flow: yesterday's production errors -> a gated, registered challenger.
+
+collect (monitoring) -> pin the champion, its hypernetwork and suite (registry) -> per error
+group: load its images, edit and check it alone (one task each, sharing a concurrency limit:
+one GPU; with the replay pool when replay is on) -> stack the accepted groups on the champion
+-> export ONNX -> gate -> grow the suite with what was fixed -> register (challenger if the
+gate passed) -> ledger -> optional promotion. A group that raises or fails its checks is
+reported and left out; I/O tasks retry.
+
+Idempotent: the key of (collected predictions, champion, settings) is a registry tag; a
+re-run that finds its version recovers from it (ledger, promotion) instead of editing again.
+Only the per-group tasks are submitted to the task runner; the rest runs in the flow process,
+so a Dask runner fans the edits out to its workers and nothing else.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import torch
+from prefect import flow, get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from monitoring import Collector, open_image_store, open_store
+from monitoring.collector import Collection
+from monitoring.images import ImageIntegrityError
+from registry import versions
+from registry.artifacts import GATE_JSON
+from registry.client import connect, first_line
+from registry.loading import load_version
+from registry.mlflow_registry import Registration, publish_edit
+from registry.promotion import promote
+from registry.record import EditRunRecord
+from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
+from vitedit_ops.export import ExportResult, export_onnx
+from vitedit_ops.gate import GateConfig, GateReport, run_gate
+from vitedit_ops.groups import ErrorGroup
+from vitedit_ops.settings import get_settings
+
+from .combine import Combination, combine
+from .config import EditSettings, idempotency_key
+from .edits import ERROR, GroupImages, GroupOutcome, edit_group, load_group_images
+from .fixes import Fixes, fixed_images, grow_suite
+from .lineage import ChampionContext, ChampionRef, champion_context, resolve_champion
+from .record import build_record
+from .replay import ReplayPool, build_replay_pool
+from .reporting import (ALREADY_REGISTERED, FAILED, NO_GROUP_ACCEPTED, NOTHING_TO_EDIT,
+                        REGISTERED, NightlyResult, group_rows, publish_artifacts, run_url)
+
+EDIT_LIMIT = "vitedit-edit"
+PROMOTED_BY = "nightly-edit"
+# Errors that another attempt cannot fix: bad input, a blob that failed its hash check, a
+# model of another lineage. Everything else (locks, timeouts, connections) is retried.
+PERMANENT = (InvalidInputError, ImageIntegrityError, IncompatibleBaseError)
+
+
+def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook
+    try:
+        state.result()
+    except PERMANENT:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may pass on a later attempt
+        return True
+    return True
+
+
+IO = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient,
+      "cache_policy": NO_CACHE}
+
+
+# -- tasks ----------------------------------------------------------------------------------
+@task(name="collect-errors", **IO)
+def collect_errors(model: str, since: datetime, settings: EditSettings) -> Collection:
+    """Misclassified production images not used by an earlier edit, grouped and split."""
+    store = open_store()
+    try:
+        return Collector(store, open_image_store()).collect(
+            since, model, heldout_fraction=settings.heldout_fraction,
+            max_edit_images=settings.max_edit_images, min_group_size=settings.min_group_size,
+            seed=settings.seed)
+    finally:
+        store.close()
+
+
+@task(name="pin-champion", **IO)
+def pin_champion(model: str, tracking_uri: str) -> ChampionRef:
+    """Pin the champion's version and load its lineage now, so a broken one fails early."""
+    ref = resolve_champion(model, tracking_uri)
+    champion_context(ref)
+    return ref
+
+
+@task(name="find-registered", **IO)
+def find_registered(ref: ChampionRef, key: str) -> versions.VersionInfo | None:
+    return versions.ready_by_key(connect(ref.tracking_uri).client, ref.name, key)
+
+
+@task(name="load-group-images", **IO)
+def load_images(ref: ChampionRef, group: ErrorGroup) -> GroupImages:
+    return load_group_images(champion_context(ref), group, open_image_store())
+
+
+@task(name="build-replay-pool", **IO)
+def replay_pool(ref: ChampionRef, since: datetime, limit: int) -> ReplayPool:
+    store = open_store()
+    try:
+        return build_replay_pool(champion_context(ref), store, open_image_store(), since, limit)
+    finally:
+        store.close()
+
+
+@task(name="edit-group", cache_policy=NO_CACHE)
+def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: str | None,
+         limit: str, replay: ReplayPool | None) -> GroupOutcome:
+    """Edit one group while holding a slot of the shared limit (one per GPU)."""
+    context = champion_context(ref)  # downloading is not GPU work: outside the slot
+    with concurrency(limit, occupy=1, strict=True):
+        return edit_group(context, images, settings, device, replay)
+
+
+@task(name="combine-groups", cache_policy=NO_CACHE)
+def combine_groups(ref: ChampionRef, outcomes: list[GroupOutcome],
+                   settings: EditSettings) -> Combination:
+    return combine(champion_context(ref), outcomes, settings)
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_candidate(ref: ChampionRef, combination: Combination, workdir: Path) -> ExportResult:
+    spec = champion_context(ref).spec
+    return export_onnx(combination.model, spec.input_size, workdir / "model.onnx")
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResult,
+                   config: GateConfig, replay: ReplayPool | None) -> GateReport:
+    """The gate on exactly the ONNX file that will be registered."""
+    context = champion_context(ref)
+    images = [o.images for o, _ in combination.applied]
+    return run_gate(
+        context.model, combination.model, context.suite, config,
+        edit_images=torch.cat([i.edit_pixels for i in images]),
+        edit_labels=torch.cat([i.labels for i in images]),
+        heldout_images=torch.cat([i.heldout_pixels for i in images]),
+        heldout_labels=torch.cat([i.heldout_labels for i in images]),
+        onnx_path=onnx.path, edited_params=combination.edited_params,
+        lineage_fingerprint=context.root_fingerprint,
+        replay_hashes=replay.hashes if replay is not None else None)
+
+
+@task(name="register-challenger", retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def register(record: EditRunRecord, tracking_uri: str) -> tuple[Registration, str]:
+    """Log and register (idempotent on the record's key); returns the MLflow run's URL."""
+    registration = publish_edit(record, tracking_uri)
+    return registration, _url(tracking_uri, registration.run_id)
+
+
+@task(name="registered-version", **IO)
+def registered_version(ref: ChampionRef, info: versions.VersionInfo
+                       ) -> tuple[torch.nn.Module, GateReport, str]:
+    """A version this night already registered: its weights, gate report and URL."""
+    model, _, _ = load_version(ref.name, info.version, tracking_uri=ref.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = connect(ref.tracking_uri).client.download_artifacts(info.run_id, GATE_JSON, tmp)
+        report = GateReport.from_json(Path(path).read_text())
+    return model, report, _url(ref.tracking_uri, info.run_id)
+
+
+@task(name="record-ledger", **IO)
+def record_ledger(run_id: str, version: str, prediction_ids: tuple[str, ...]) -> int:
+    """Mark the fixed predictions as used, so no later night edits on them again."""
+    store = open_store()
+    try:
+        return store.record_edit_usage(run_id, version, prediction_ids)
+    finally:
+        store.close()
+
+
+@task(name="promote", **IO)
+def promote_challenger(run_id: str, tracking_uri: str) -> bool:
+    """Move the champion alias (verified by the registry); False if it already was there."""
+    return promote(run_id, user=PROMOTED_BY, reason="auto-promotion of the nightly deployment",
+                   tracking_uri=tracking_uri) is not None
+
+
+def _url(tracking_uri: str, run_id: str) -> str:
+    experiment = connect(tracking_uri).client.get_run(run_id).info.experiment_id
+    return run_url(tracking_uri, experiment, run_id)
+
+
+# -- the flow ---------------------------------------------------------------------------------
+@flow(name="nightly-edit", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
+                 edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
+                 auto_promote: bool = False, device: str | None = None,
+                 edit_limit: str = EDIT_LIMIT, edit_slots: int = 1) -> NightlyResult:
+    """Edit the champion on the last ``lookback_days`` of production errors and register a
+    gated challenger.
+
+    ``gate`` overrides gate thresholds by name; ``auto_promote`` makes a challenger whose
+    gate passed the champion at once; ``edit_limit`` is the global concurrency limit the
+    edit tasks share (created with ``edit_slots`` slots if missing: one per GPU).
+    """
+    settings = edit_settings or EditSettings()
+    config = get_settings()
+    result = NightlyResult(model or config.registered_model, NOTHING_TO_EDIT,
+                           flow_run_id=str(flow_run.id))
+    try:
+        _night(result, config.resolved_mlflow_uri(), lookback_days, settings,
+               GateConfig.from_mapping(gate or {}), auto_promote, device, edit_limit,
+               edit_slots)
+    except Exception as exc:
+        result.status, result.error = FAILED, first_line(exc)
+        publish_artifacts(result)
+        raise
+    publish_artifacts(result)
+    return result
+
+
+def _night(result: NightlyResult, tracking_uri: str, lookback_days: float,
+           settings: EditSettings, gate_config: GateConfig, auto_promote: bool,
+           device: str | None, limit: str, slots: int) -> None:
+    since = datetime.now(UTC) - timedelta(days=lookback_days)
+    collection = collect_errors(result.model, since, settings)
+    result.collected = collection.summary.to_dict()
+    groups = list(collection.groups[:settings.max_groups])
+    if not groups:
+        return
+    ref = pin_champion(result.model, tracking_uri)
+    context = champion_context(ref)
+    ids = [r.record_id or r.sha256 for g in groups for r in (*g.edit_images, *g.heldout_images)]
+    result.champion_version, result.drift = ref.version, context.drift
+    result.key = idempotency_key(result.model, ref.version, context.info.fingerprint, ids,
+                                 settings, gate_config.to_dict())
+    get_run_logger().info("champion v%s, %d group(s), key %s; %s", ref.version, len(groups),
+                          result.key, context.drift.summary())
+    loaded = _load_all(ref, groups)
+    existing = find_registered(ref, result.key)
+    if existing is not None:
+        _recover(result, ref, context, existing, loaded, auto_promote)
+    else:
+        _edit_and_register(result, ref, context, loaded, settings, gate_config, device, limit,
+                           slots, auto_promote, since)
+
+
+def _load_all(ref: ChampionRef, groups: list[ErrorGroup]
+              ) -> list[tuple[ErrorGroup, GroupImages | str]]:
+    """Every group's pixels, or the error that kept them from loading."""
+    futures = [(g, load_images.with_options(task_run_name=f"images {g.key}").submit(ref, g))
+               for g in groups]
+    return [(g, _value_or_error(f)) for g, f in futures]
+
+
+def _value_or_error(future: PrefectFuture) -> object:
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        return future.result()
+    error = state.result(raise_on_failure=False)
+    return first_line(error) if isinstance(error, BaseException) else str(state.message)
+
+
+def _edit_and_register(result: NightlyResult, ref: ChampionRef, context: ChampionContext,
+                       loaded: list[tuple[ErrorGroup, GroupImages | str]],
+                       settings: EditSettings, gate_config: GateConfig, device: str | None,
+                       limit: str, slots: int, auto_promote: bool, since: datetime) -> None:
+    ensure_limit(limit, slots)
+    replay = replay_pool(ref, since, settings.replay_limit) if settings.uses_replay else None
+    futures = {g.key: edit.with_options(task_run_name=f"edit {g.key}").submit(
+                   ref, images, settings, device, limit, replay)
+               for g, images in loaded if isinstance(images, GroupImages)}
+    outcomes = []
+    for group, images in loaded:
+        outcome = _value_or_error(futures[group.key]) if group.key in futures else images
+        outcomes.append(outcome if isinstance(outcome, GroupOutcome)
+                        else GroupOutcome(group, ERROR, f"raised: {outcome}"))
+    result.groups = group_rows(outcomes, {})
+    if not any(o.accepted for o in outcomes):
+        result.status = NO_GROUP_ACCEPTED
+        return
+    combination = combine_groups(ref, outcomes, settings)
+    result.groups = group_rows(outcomes, combination.left_out)
+    if not combination.applied:
+        result.status = NO_GROUP_ACCEPTED
+        return
+    with tempfile.TemporaryDirectory(prefix="vitedit-nightly-") as tmp:
+        workdir = Path(tmp)
+        onnx = export_candidate(ref, combination, workdir)
+        report = gate_candidate(ref, combination, onnx, gate_config, replay)
+        fixes = fixed_images(combination.model, context, [o.images for o, _ in
+                                                          combination.applied],
+                             [o.key for o, _ in combination.applied])
+        suite_dir = grow_suite(context, fixes, result.key[:24], workdir) if report.passed \
+            else None
+        record = build_record(context, outcomes, combination, report, onnx, suite_dir,
+                              result.key, settings, gate_config)
+        registration, url = register(record, ref.tracking_uri)
+    result.status, result.gate, result.run_url = REGISTERED, report, url
+    _finish(result, registration.version, registration.run_id, registration.gate_passed,
+            registration.aliases, fixes, auto_promote, ref.tracking_uri)
+    result.created = registration.created
+
+
+def _recover(result: NightlyResult, ref: ChampionRef, context: ChampionContext,
+             info: versions.VersionInfo, loaded: list[tuple[ErrorGroup, GroupImages | str]],
+             auto_promote: bool) -> None:
+    """This night's version exists (an earlier attempt registered it): finish its work."""
+    model, report, url = registered_version(ref, info)
+    applied = info.tags.get(versions.EDITED_GROUPS, "").split(",")
+    fixes = fixed_images(model, context, [i for _, i in loaded if isinstance(i, GroupImages)],
+                         applied)
+    result.status, result.gate, result.run_url = ALREADY_REGISTERED, report, url
+    result.groups = [{"group": g.key, "edit": len(g.edit_images),
+                      "heldout": len(g.heldout_images),
+                      "outcome": "applied" if g.key in applied else "not applied",
+                      "note": f"registered earlier as v{info.version}"} for g, _ in loaded]
+    _finish(result, info.version, info.run_id, info.gate_passed, info.aliases, fixes,
+            auto_promote, ref.tracking_uri)
+
+
+def _finish(result: NightlyResult, version: str, run_id: str, gate_passed: bool,
+            aliases: tuple[str, ...], fixes: Fixes, auto_promote: bool,
+            tracking_uri: str) -> None:
+    """Ledger and promotion, both only for a version whose gate passed."""
+    result.version, result.run_id, result.gate_passed = version, run_id, gate_passed
+    result.aliases = aliases
+    if not gate_passed:
+        return
+    result.ledger_rows = record_ledger(run_id, version, fixes.prediction_ids)
+    if auto_promote:
+        result.promoted = promote_challenger(run_id, tracking_uri)
+
+
+def ensure_limit(name: str, slots: int) -> None:
+    """Create the edit tasks' global concurrency limit if it does not exist; an existing one
+    (e.g. sized by an operator with ``prefect gcl update``) is left as it is."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:
+                pass

@@ -1,0 +1,185 @@
+"""Faults, caused for real: a group whose image is corrupt at rest, the MLflow server dying
+mid-registration, the monitoring store locked by another process, the flow process killed
+with SIGKILL. Each time the run ends with the failure reported and nothing half-registered,
+and running again finishes the job without duplicates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from .flows_testlib import (LAX_EDIT, LAX_GATE, TcpProxy, hold_write_lock, kill_group,
+                           mlflow_runs_in_progress, wait_for)
+from mlflow import MlflowClient
+
+from flows.edits import ERROR
+from flows.reporting import ALREADY_REGISTERED, GATE_ARTIFACT, REGISTERED
+from monitoring import Collector, open_image_store, open_store
+from registry import versions
+from registry.errors import RegistryError
+
+
+def _ready_edits(uri: str, name: str) -> list[versions.VersionInfo]:
+    found = versions.search(MlflowClient(uri), f"name = '{name}'")
+    return [v for v in found if v.kind == "edit" and v.ready]
+
+
+def _challenger(uri: str, name: str) -> str:
+    found = versions.by_alias(MlflowClient(uri), name, versions.CHALLENGER)
+    return found.version if found else ""
+
+
+def _gate_markdown(flow_run_id: str) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId,
+                                                ArtifactFilterKey)
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[GATE_ARTIFACT]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return found[0].data
+
+
+def _last_flow_run() -> object:
+    from prefect import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+
+
+def _group_images(name: str, rank: int) -> list[str]:
+    """The sha256 of the edit images of the night's ``rank``-th largest group (as the flow's
+    collector will see it with the test settings)."""
+    store = open_store()
+    try:
+        groups = Collector(store, open_image_store()).collect(
+            datetime.now(UTC) - timedelta(days=7), name, max_edit_images=4,
+            min_group_size=3).groups
+    finally:
+        store.close()
+    return [ref.sha256 for ref in groups[rank].edit_images]
+
+
+def test_a_group_that_raises_is_reported_and_the_others_are_registered(night):
+    n = night()
+    broken = _group_images(n.name, 1)[0]
+    blob = Path(open_image_store().uri_for(broken).removeprefix("file://"))
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-40] + b"\0" * 40)  # bit rot: the hash no longer matches
+
+    first = n.run()
+    failed = [g for g in first.groups if g["outcome"] == ERROR]
+    assert len(failed) == 1 and "corrupt" in failed[0]["note"]
+    assert first.status == REGISTERED and first.gate_passed and first.version == "2"
+    assert failed[0]["group"] not in _ready_edits(n.tracking_uri, n.name)[0].tags[
+        versions.EDITED_GROUPS].split(",")
+
+    blob.write_bytes(original)  # the blob is restored from backup; the group comes back
+    second = n.run()
+    assert all(g["outcome"] != ERROR for g in second.groups)
+    assert failed[0]["group"] in [g["group"] for g in second.groups]
+    ledger = n.ledger()
+    assert len({pid for _, _, pid in ledger}) == len(ledger)  # no prediction used twice
+    assert len(_ready_edits(n.tracking_uri, n.name)) == 1 + (second.status == REGISTERED)
+
+
+@pytest.mark.slow
+@pytest.mark.server("mlflow")
+def test_mlflow_server_lost_mid_registration(night, fast_retries, mlflow_server_process,
+                                             monkeypatch):
+    """The registry becomes unreachable (network cut in front of a real ``mlflow server``)
+    while the challenger's run is being logged."""
+    mlflow_url = mlflow_server_process.url
+    proxy = TcpProxy(int(mlflow_url.rsplit(":", 1)[1]))
+    monkeypatch.setenv("VITEDIT_MLFLOW_TRACKING_URI", proxy.url)
+    n = night(uri=proxy.url)
+    database = mlflow_server_process.root / "mlflow.db"
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = n.run()
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    flow = threading.Thread(target=run)
+    flow.start()
+    wait_for(lambda: mlflow_runs_in_progress(database, n.name), 180,
+             "the edit run to start uploading")
+    proxy.cut()
+    flow.join(300)
+    assert isinstance(outcome.get("error"), RegistryError), outcome
+    assert "unreachable" in str(outcome["error"])
+    failed = _last_flow_run()
+    assert failed.state.is_failed() and "unreachable" in _gate_markdown(str(failed.id))
+    assert n.ledger() == []
+
+    proxy.restore()
+    assert _ready_edits(mlflow_url, n.name) == []   # nothing half-registered
+    result = n.run()
+    assert result.status == REGISTERED and result.created
+    assert [v.version for v in _ready_edits(mlflow_url, n.name)] == [result.version]
+    assert _challenger(mlflow_url, n.name) == result.version
+    assert len(n.ledger()) == result.ledger_rows > 0
+
+
+@pytest.mark.slow
+def test_store_locked_at_the_ledger_then_the_rerun_finishes_the_night(night, fast_retries,
+                                                                     tmp_path, monkeypatch):
+    database = tmp_path / "monitoring.db"
+    monkeypatch.setenv("VITEDIT_STORE_URL", f"sqlite:///{database}?timeout=1")
+    n = night()
+    locker = hold_write_lock(database)
+    try:
+        with pytest.raises(Exception, match="database is locked"):
+            n.run()
+    finally:
+        kill_group(locker)
+    failed = _last_flow_run()
+    assert failed.state.is_failed() and "database is locked" in _gate_markdown(str(failed.id))
+    registered = _ready_edits(n.tracking_uri, n.name)
+    assert len(registered) == 1 and n.ledger() == []  # registered whole, ledger not yet
+
+    again = n.run()
+    assert again.status == ALREADY_REGISTERED and not again.created
+    assert (again.version, again.run_id) == (registered[0].version, registered[0].run_id)
+    assert len(n.ledger()) == again.ledger_rows > 0
+    assert n.versions() == ["1", registered[0].version]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_flight_and_started_again_yields_one_challenger(night, tracking_uri,
+                                                                        tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    n = night()
+    edits = [f"--edit={k}={v}" for k, v in LAX_EDIT.items()]
+    gates = [f"--set={k}={v}" for k, v in LAX_GATE.items()]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    with open(tmp_path / "nightly.log", "w") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "vitedit-ops"), "nightly", "--model", n.name,
+             *edits, *gates], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        wait_for(lambda: mlflow_runs_in_progress(database, n.name) or process.poll() is not None,
+                 240, "the edit run to start uploading")
+        assert process.poll() is None, (tmp_path / "nightly.log").read_text()[-3000:]
+        kill_group(process)  # SIGKILL mid-upload: no handler, no cleanup runs
+
+    result = n.run()
+    assert result.status == REGISTERED
+    assert [v.version for v in _ready_edits(tracking_uri, n.name)] == [result.version]
+    assert _challenger(tracking_uri, n.name) == result.version
+    assert len(n.ledger()) == result.ledger_rows
+    killed = MlflowClient(tracking_uri).search_runs(
+        [MlflowClient(tracking_uri).get_experiment_by_name(f"vitedit-{n.name}").experiment_id],
+        f"tags.`{versions.LOGGED}` = 'in-progress'")
+    assert len(killed) == 1 and killed[0].info.run_id != result.run_id

@@ -1,0 +1,157 @@
+"""The nightly flow end to end on the tiny lineage: real stores, registry and Prefect runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from mlflow import MlflowClient
+
+from flows.hypernets import register_hypernet
+from flows.reporting import (ALREADY_REGISTERED, GATE_ARTIFACT, GROUPS_ARTIFACT,
+                             NOTHING_TO_EDIT, REGISTERED)
+from registry import versions
+from registry.errors import RegistryError
+from registry.loading import download_suite
+from vitedit_ops.gate import load_suite
+
+
+def _artifact(flow_run_id: str, key: str) -> object:
+    """The data of the flow run's artifact ``key``."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId,
+                                                ArtifactFilterKey)
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert len(found) == 1
+    return found[0].data
+
+
+@pytest.mark.slow
+def test_a_night_registers_a_gated_challenger_and_records_what_it_fixed(night, tracking_uri,
+                                                                        tmp_path):
+    n = night()
+    result = n.run()
+
+    assert result.status == REGISTERED and result.created and result.gate_passed
+    assert (result.champion_version, result.version) == ("1", "2")
+    assert result.aliases == (versions.CHALLENGER,)
+    assert result.drift.relation == "base"
+    applied = [g for g in result.groups if g["outcome"] == "accepted"]
+    assert applied and all(g["reliability"] == 1.0 for g in applied)
+    # the editor replayed confirmed-correct production images: the gate knows their hashes
+    disjoint = result.gate.check("disjoint")
+    assert disjoint.passed and disjoint.details["seen_by_edit"] > sum(g["edit"] for g in applied)
+    info = versions.get(MlflowClient(tracking_uri), n.name, "2")
+    assert info.tags[versions.IDEMPOTENCY_KEY] == result.key
+    assert info.tags[versions.EDITED_GROUPS] == ",".join(g["group"] for g in applied)
+
+    # the suite stored with v2 holds this night's fixes, the ledger the same predictions
+    suite = load_suite(download_suite(n.name, "2", dst=tmp_path, tracking_uri=tracking_uri))
+    ledger = n.ledger()
+    edited = sum(g["edit"] for g in applied)
+    assert suite.version == 2 and len(suite.retention_pixels) == edited  # all fixed
+    assert len(ledger) == result.ledger_rows >= edited  # plus held-out images fixed in passing
+    assert {run for run, _, _ in ledger} == {result.run_id}
+    assert {version for _, version, _ in ledger} == {"2"}
+    assert set(suite.retention_sources) == {f"{result.key[:24]}:{g['group']}" for g in applied}
+
+    # the Prefect artifacts: one row per group, the gate report with the MLflow run link
+    rows = json.loads(_artifact(result.flow_run_id, GROUPS_ARTIFACT))
+    assert [r["group"] for r in rows] == [g["group"] for g in result.groups]
+    gate = _artifact(result.flow_run_id, GATE_ARTIFACT)
+    assert "Gate: PASSED" in gate and result.run_url in gate and result.run_id in result.run_url
+
+
+def test_a_rerun_of_the_same_night_registers_nothing_new(night, tracking_uri):
+    """A failed gate records no ledger, so the re-run collects the same set: same key."""
+    n = night()
+    first = n.run(gate={"locality_min": 1.0})
+    assert first.status == REGISTERED and not first.gate_passed and first.aliases == ()
+    assert n.ledger() == []
+
+    again = n.run(gate={"locality_min": 1.0})
+    assert again.status == ALREADY_REGISTERED and not again.created
+    assert (again.key, again.version, again.run_id) == (first.key, first.version, first.run_id)
+    assert n.versions() == ["1", "2"]
+    assert not again.gate.passed and "locality" in again.gate.failed_checks
+
+
+@pytest.mark.slow
+def test_the_second_night_stacks_on_the_promoted_champion_and_rechecks_the_first(night):
+    n = night()
+    first = n.run(auto_promote=True)
+    assert first.promoted and first.gate_passed
+    fixed = sum(g["edit"] for g in first.groups if g["outcome"] == "accepted")
+
+    n.serve(range(200, 400), day=1)
+    second = n.run()
+    assert second.champion_version == first.version
+    assert second.drift.relation == "descendant" and second.drift.window_relative_change > 0
+    assert all(name.endswith(("mlp.fc1.weight", "mlp.fc2.weight"))
+               for name in second.drift.changed_tensors)
+    # a group whose edit would undo the first night's fixes is turned away on its own...
+    assert any("undoes earlier fixes" in g["note"] for g in second.groups)
+    # ...and the gate re-checks every first-night fix on what was stacked
+    retention = second.gate.check("retention")
+    assert retention.value is not None and retention.details["images"] == fixed
+    assert second.gate_passed and second.version == "3"
+    assert len(n.ledger()) == first.ledger_rows + second.ledger_rows
+
+
+def test_an_empty_night_does_nothing(night):
+    n = night(serve=False)
+    result = n.run()
+    assert result.status == NOTHING_TO_EDIT and result.collected["groups"] == 0
+    assert n.versions() == ["1"]
+
+
+def test_a_hypernetwork_of_another_base_is_refused(night, lineage, tracking_uri, tmp_path):
+    import torch
+
+    from vitedit_ops.metatrain import MetaTrainConfig, meta_train
+    from vitedit_ops.preprocess import Preprocessor
+
+    n = night(serve=False)
+    torch.manual_seed(1)
+    stranger = lineage.spec.build().eval()
+    inputs = Preprocessor(lineage.spec).normalize(lineage.production[:8])
+    meta_train(stranger, inputs, MetaTrainConfig(iterations=1, batch_size=2),
+               out_dir=tmp_path / "stranger")
+    with pytest.raises(RegistryError, match="meta-trained for weights"):
+        register_hypernet(n.name, "1", tmp_path / "stranger", tracking_uri=tracking_uri)
+
+
+def test_the_replay_pool_is_confirmed_production_and_the_base_pool_never_the_suite(
+        night, lineage, tracking_uri):
+    import torch
+
+    from flows.lineage import champion_context, resolve_champion
+    from flows.replay import build_replay_pool
+    from monitoring import open_image_store, open_store
+
+    n = night(serve=False)
+    when = datetime.now(UTC) - timedelta(hours=5)
+    right = torch.nonzero(lineage.predictions[:300] == lineage.labels[:300]).flatten()[:20]
+    n.serve_images(lineage.production[right], lineage.labels[right], lineage.labels[right],
+                   [f"ok-{i}" for i in right.tolist()], when)
+    suite = load_suite(lineage.suite_dir)  # clean images that also came through serving
+    n.serve_images(suite.pixels[:10], suite.labels[:10], suite.labels[:10],
+                   [f"suite-{i}" for i in range(10)], when)
+    register_hypernet(n.name, "1", lineage.hypernet_dir, lineage.production[300:310],
+                      tracking_uri=tracking_uri)
+
+    context = champion_context(resolve_champion(n.name, tracking_uri))
+    store = open_store()
+    try:
+        pool = build_replay_pool(context, store, open_image_store(),
+                                 datetime.now(UTC) - timedelta(days=1), limit=500)
+    finally:
+        store.close()
+    assert not set(pool.hashes) & (set(suite.hashes) | set(suite.retention_hashes))
+    assert pool.from_production == len(right)
+    assert len(pool.pixels) == len(pool.hashes) == len(right) + 10
