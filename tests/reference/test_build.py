@@ -11,6 +11,7 @@ import pytest
 
 from vitedit_ops.cli import main
 from vitedit_ops.errors import CheckpointError
+from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.models import fingerprint
 from vitedit_ops.reference import (DEFAULT_SHIFTS, POOLS, ModelCard, build_reference,
                                    default_config, hypernet_path, load_reference, recipe_hash,
@@ -142,10 +143,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_build_and_show(home, capsys):
     code, _, err = run_cli(["reference", "show"], capsys)
     assert code == 2 and "no reference model" in err and "reference build" in err
-    code, out, _ = run_cli(["reference", "build", "--epochs", "1", "--seed", "2"], capsys)
+    code, out, _ = run_cli(["reference", "build", "--epochs", "1", "--seed", "2",
+                            "--metatrain-iterations", "2"], capsys)
     assert code == 0
     card = ModelCard.load(home / "card.json")
     assert card.recipe["train"]["epochs"] == 1 and card.recipe["train"]["seed"] == 2
+    hypernet = MaskHypernet.load(hypernet_path(card, home))
+    assert hypernet.config.training["iterations"] == 2
     code, out, _ = run_cli(["reference", "show"], capsys)
     assert code == 0
     assert card.fingerprint[:20] in out and "locality" in out and "rotate" in out
