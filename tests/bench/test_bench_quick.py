@@ -64,7 +64,10 @@ def test_comparisons_and_sequential_and_cost_are_reported(quick):
     for family, s in results["sequential"].items():
         assert s["edits"] >= 1 and s["final_max_norm_growth"] >= 1.0 - 1e-6, family
     cost = results["cost"]
-    assert cost["iteration_time_batch1"]["ratio"] > 0
+    for batch in ("iteration_time_batch1", "iteration_time_batch4"):
+        timing = cost[batch]  # wall time under whatever load: structure, not speed
+        assert timing["ratio"] is None and "noise" in timing["note"] or timing["ratio"] > 0
+        assert math.isfinite(timing["full_ft_s_per_step"]) and timing["steps"] > 0
     assert 0 < cost["reference_flops"]["ratio"] < 1
     assert cost["metatrain"]["speedup"] > 0
     report = (out / "BENCHMARKS.md").read_text()
