@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitedit_ops.cli import main
 from vitedit_ops.hypernet import new_hypernet
 from vitedit_ops.models import ModelSpec, save_model
 from vitedit_ops.patch import Patch
 from vitedit_ops.sites import edit_window
 
+from ..cli_run import run
 from .conftest import tiny_vit
 
 KW = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
@@ -32,14 +32,6 @@ def workspace(tmp_path):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
         images.append(path)
     return tmp_path, ckpt, images
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out + captured.err
 
 
 def test_edit_writes_a_patch_and_prints_a_table(workspace, capsys):

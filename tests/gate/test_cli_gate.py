@@ -11,19 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vitedit_ops.cli import main
 from vitedit_ops.export import file_sha256
 from vitedit_ops.gate import load_suite, validate_report
 from vitedit_ops.gate.suite import TENSORS
 from vitedit_ops.models import save_model
 
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out + captured.err
+from ..cli_run import run
 
 
 def _write_folder(root, pixels, labels=None):

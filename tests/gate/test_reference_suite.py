@@ -12,7 +12,7 @@ from vitedit_ops import reference
 from vitedit_ops.gate import image_hashes, load_suite, run_gate
 from vitedit_ops.metrics import predict_logits
 
-from .test_cli_gate import run
+from ..cli_run import run
 
 
 @pytest.fixture(scope="module")
