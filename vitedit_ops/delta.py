@@ -43,9 +43,14 @@ class MatrixDelta(nn.Module):
 
 
 class UnitDelta(MatrixDelta):
-    """Only selected hidden units change: rows of ``fc1`` or columns of ``fc2``."""
+    """Only selected hidden units change: rows of ``fc1`` or columns of ``fc2``.
 
-    def __init__(self, site: FFNSite, which: str, units: torch.Tensor) -> None:
+    With a ``projector`` (see ``editors.nullspace``) the change is ``values @ projector``,
+    so it stays in the allowed subspace whatever the optimiser does to ``values``.
+    """
+
+    def __init__(self, site: FFNSite, which: str, units: torch.Tensor,
+                 projector: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weight_name = site.fc1_weight if which == "fc1" else site.fc2_weight
         self.which = which
@@ -55,25 +60,31 @@ class UnitDelta(MatrixDelta):
         k = int(self.units.numel())
         self.values = nn.Parameter(torch.zeros((k, site.in_features) if which == "fc1"
                                                else (site.in_features, k)))
+        self.register_buffer("projector", projector)
+
+    @property
+    def change(self) -> torch.Tensor:
+        """The rows/columns actually added (the projected values when a projector is set)."""
+        return self.values if self.projector is None else self.values @ self.projector
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.units.numel() == 0:
             return out
         if self.which == "fc1":  # selected hidden outputs change
-            return out.index_add(-1, self.units, F.linear(x, self.values))
-        return out + F.linear(x.index_select(-1, self.units), self.values)
+            return out.index_add(-1, self.units, F.linear(x, self.change))
+        return out + F.linear(x.index_select(-1, self.units), self.change)
 
     def dense(self) -> torch.Tensor:
         full = torch.zeros(self.shape, device=self.values.device, dtype=self.values.dtype)
         if self.which == "fc1":
-            full[self.units] = self.values
+            full[self.units] = self.change
         else:
-            full[:, self.units] = self.values
+            full[:, self.units] = self.change
         return full
 
     def patch_entry(self) -> tuple[str, str, torch.Tensor | None, torch.Tensor]:
         kind = "rows" if self.which == "fc1" else "cols"
-        return self.weight_name, kind, self.units.detach(), self.values.detach()
+        return self.weight_name, kind, self.units.detach(), self.change.detach()
 
 
 class DenseDelta(MatrixDelta):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from vitedit_ops.cli import main
 from vitedit_ops.errors import CheckpointError
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.models import fingerprint
@@ -18,6 +17,7 @@ from vitedit_ops.reference import (DEFAULT_SHIFTS, POOLS, ModelCard, build_refer
                                    reference_recipe)
 from vitedit_ops.reference import build as build_module
 
+from ..cli_run import run
 from .conftest import TINY
 
 
@@ -132,25 +132,17 @@ def test_hypernet_hook_runs_once_and_is_recorded(cached, home, train_calls):
     assert loaded.card.fingerprint == cached.fingerprint
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
 def test_cli_build_and_show(home, capsys):
-    code, _, err = run_cli(["reference", "show"], capsys)
-    assert code == 2 and "no reference model" in err and "reference build" in err
-    code, out, _ = run_cli(["reference", "build", "--epochs", "1", "--seed", "2",
-                            "--metatrain-iterations", "2"], capsys)
+    code, out = run(["reference", "show"], capsys)
+    assert code == 2 and "no reference model" in out and "reference build" in out
+    code, out = run(["reference", "build", "--epochs", "1", "--seed", "2",
+                     "--metatrain-iterations", "2"], capsys)
     assert code == 0
     card = ModelCard.load(home / "card.json")
     assert card.recipe["train"]["epochs"] == 1 and card.recipe["train"]["seed"] == 2
     hypernet = MaskHypernet.load(hypernet_path(card, home))
     assert hypernet.config.training["iterations"] == 2
-    code, out, _ = run_cli(["reference", "show"], capsys)
+    code, out = run(["reference", "show"], capsys)
     assert code == 0
     assert card.fingerprint[:20] in out and "locality" in out and "rotate" in out
 

@@ -101,9 +101,11 @@ def _t975(dof: int) -> float:
 
 
 def matched_comparison(rows: list[Row], families: list[str], k: int, threshold: float,
-                       product: str, metric: str = "lr_locality") -> dict[str, Any]:
+                       product: str, metric: str = "lr_locality",
+                       baselines: list[str] | None = None) -> dict[str, Any]:
     """Each family's operating point (chosen on 'select'), its 'eval' figures, and the paired
-    GR difference of ``product`` against the best other family."""
+    GR difference of ``product`` against the best of ``baselines`` (default: every other
+    family; ablations of the product's own options are no baseline)."""
     select, evaluate = point_means(rows, "select"), point_means(rows, "eval")
     everything = point_means(rows)
     table = {}
@@ -113,7 +115,8 @@ def matched_comparison(rows: list[Row], families: list[str], k: int, threshold: 
             "point": None if key is None else {"knob": key[1], "lr": key[2]},
             "eval": evaluate.get(key) if key else None,
             "interpolated_gr": interpolated_gr(everything, family, k, threshold, metric)}
-    baselines = [f for f in families if f != product and table[f]["eval"]]
+    baselines = [f for f in (families if baselines is None else baselines)
+                 if f != product and table.get(f, {}).get("eval")]
     out: dict[str, Any] = {"threshold": threshold, "k": k, "methods": table}
     if table.get(product, {}).get("eval") and baselines:
         best = max(baselines, key=lambda f: table[f]["eval"]["gr"])

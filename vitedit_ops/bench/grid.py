@@ -83,34 +83,44 @@ def _run_job_in_worker(model: nn.Module, *args: Any) -> list[dict[str, Any]]:
     return _run_job(copy.deepcopy(model), *args)
 
 
+JobDone = Callable[[MethodPoint, int, list[dict[str, Any]]], None]
+
+
 def run_grid(model: nn.Module, points: list[MethodPoint], cases: list[EditCase],
              ks: list[int], evals: EvalSets, extra_for: Callable[[MethodPoint], dict[str, Any]],
-             on_row: Callable[[dict[str, Any]], None] | None = None, workers: int = 1
+             on_job: JobDone | None = None, workers: int = 1,
+             completed: Callable[[MethodPoint, int], list[dict[str, Any]] | None] | None = None
              ) -> list[dict[str, Any]]:
     """Every point on every case at every k; rows in a deterministic order.
 
-    With ``workers > 1`` each (point, k) job runs in its own spawned process (the model,
-    sets and ``extra_for`` are pickled to it); results are identical to a serial run.
+    ``on_job`` hears of each finished (point, k) job as it finishes; ``completed`` returns
+    a job's rows from an earlier run (or None), and such jobs are not run again. With
+    ``workers > 1`` each job runs in its own spawned process (the model, sets and
+    ``extra_for`` are pickled to it); results are identical to a serial run.
     """
     jobs = [(point, k) for k in ks for point in points]
-    results: list[list[dict[str, Any]] | None] = [None] * len(jobs)
+    results: list[list[dict[str, Any]] | None] = [
+        completed(point, k) if completed is not None else None for point, k in jobs]
+    todo = [i for i, rows in enumerate(results) if rows is None]
+
+    def finish(i: int, rows: list[dict[str, Any]]) -> None:
+        results[i] = rows
+        if on_job is not None:
+            on_job(*jobs[i], rows)
+
     if workers <= 1:
-        for i, (point, k) in enumerate(jobs):
-            results[i] = _run_job(model, point, k, cases, evals, extra_for)
-            for row in results[i] if on_row is not None else ():
-                on_row(row)
-    else:
+        for i in todo:
+            finish(i, _run_job(model, *jobs[i], cases, evals, extra_for))
+    elif todo:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = multiprocessing.get_context("spawn")  # no fork after OpenMP start-up
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_run_job_in_worker, model, point, k, cases, evals,
-                                   extra_for): i for i, (point, k) in enumerate(jobs)}
+            futures = {pool.submit(_run_job_in_worker, model, *jobs[i], cases, evals,
+                                   extra_for): i for i in todo}
             for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                for row in results[futures[future]] if on_row is not None else ():
-                    on_row(row)
+                finish(futures[future], future.result())
     return [row for job_rows in results for row in job_rows]
 
 

@@ -68,6 +68,10 @@ def markdown_report(results: dict[str, Any], image_dir: str = ".") -> str:
              "Product default (the localized editor's defaults): `"
              + ", ".join(f"{k}={v}" for k, v in results["product_defaults"].items()) + "`.",
              ""]
+    if results.get("ablations"):
+        lines += ["Ablations (the product's options switched, measured so their effect shows; "
+                  "not counted as baselines to beat): "
+                  + ", ".join(results["ablations"]) + ".", ""]
     for c in results["comparisons"]:
         lines += _comparison_table(c)
     lines += [f"![GR/LR frontier]({image_dir}/pareto.png)", "", "## Sequential editing", "",

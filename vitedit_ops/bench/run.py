@@ -1,7 +1,7 @@
 """``vitedit-ops bench``: the edit benchmark, sequential editing and cost, in one run.
 
 Writes ``results.json`` (everything, with machine, versions, seed and command), ``rows.csv``
-(one row per edit), ``sequential.csv``, the Pareto and sequential plots, and a markdown report
+(one row per edit; ``rows.jsonl`` grows while the grid runs, see journal.py), ``sequential.csv``, the Pareto and sequential plots, and a markdown report
 (``BENCHMARKS.md``) that the full run also copies to ``docs/``.
 """
 
@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
@@ -29,10 +29,11 @@ from .cases import make_cases
 from .cost import (flops_per_iteration, iteration_time_ratio, metatrain_speedup,
                    peak_memory_ratio, vit_b16_flops)
 from .frontier import matched_comparison, point_means
-from .grid import run_grid
+from .grid import MethodPoint, run_grid
+from .journal import JOURNAL, RowJournal, job_key
 from .plots import pareto_plot, sequential_plot
 from .sequential import run_sequential
-from .setting import FAMILIES, EditorArgs, build_setting, method_grid
+from .setting import EditorArgs, build_setting, method_grid, select_families
 
 BENCHMARK_GROUP = "vitedit_ops.benchmarks"
 PRODUCT = "localized (product)"
@@ -50,6 +51,8 @@ class BenchConfig:
     include_cost: bool = True
     include_components: bool = True
     workers: int = 1
+    resume: bool = False  # skip the grid jobs an earlier run in the same directory finished
+    families: tuple[str, ...] = ()  # method families to run (all when empty)
 
 
 def _versions() -> dict[str, str]:
@@ -78,35 +81,52 @@ def run_benchmark(reference: Reference, hypernet: MaskHypernet, config: BenchCon
     window = tuple(hypernet.config.window)
     count = 6 if config.quick else config.cases
     cases = make_cases(setting.evals.groups, config.group_k, count, seed=config.seed)
-    points = method_grid(config.quick)
+    selected = select_families(config.families)
+    points = method_grid(config.quick, selected)
     ks = [1, config.group_k]
     log(f"{setting.pools['groups']} error groups, {len(cases)} paired cases, "
         f"{len(points)} method points x k={ks}: {len(cases) * len(points) * len(ks)} edits")
-    total = len(cases) * len(points) * len(ks)
-    done = [0]
+    header = {"reference": reference.card.fingerprint, "seed": config.seed,
+              "cases": [[c.group, list(c.edit_idx), c.split] for c in cases], "ks": ks,
+              "quick": config.quick, "product_defaults": product_defaults(),
+              "version": _versions().get("vitedit-ops")}
+    journal = RowJournal(out_dir / JOURNAL, header, resume=config.resume)
+    if journal.completed:
+        log(f"resuming: {len(journal.completed)} finished jobs read from {journal.path}")
+    total, done, last_logged = len(points) * len(ks), [0], [0.0]
 
-    def on_row(_row: dict[str, Any]) -> None:
+    def on_job(point: MethodPoint, k: int, job_rows: list[dict[str, Any]]) -> None:
+        journal.record(job_key(point, k), job_rows)
         done[0] += 1
-        if done[0] % max(1, total // 20) == 0:
-            log(f"  edits {done[0]}/{total} ({time.perf_counter() - started:.0f} s)")
+        if done[0] == total or time.perf_counter() - last_logged[0] > 60:
+            last_logged[0] = time.perf_counter()
+            log(f"  jobs {done[0]}/{total} run ({time.perf_counter() - started:.0f} s)")
 
     replay_pool = Preprocessor(reference.spec).normalize(reference.data.replay.pixels)
     extra = EditorArgs(hypernet, window, replay_pool)
-    rows = run_grid(model, points, cases, ks, setting.evals, extra, on_row,
-                    workers=config.workers)
+    try:
+        rows = run_grid(model, points, cases, ks, setting.evals, extra, on_job,
+                        workers=config.workers,
+                        completed=lambda p, k: journal.completed.get(job_key(p, k)))
+    finally:
+        journal.close()
     families = sorted({p.family for p in points})
-    comparisons = [matched_comparison(rows, families, k, t, PRODUCT)
+    baselines = [f.name for f in selected if not f.ablation]
+    comparisons = [matched_comparison(rows, families, k, t, PRODUCT, baselines=baselines)
                    for k in ks for t in THRESHOLDS]
-    paper_comparisons = [matched_comparison(rows, families, k, t, PAPER)
+    paper_comparisons = [matched_comparison(rows, families, k, t, PAPER, baselines=baselines)
                          for k in ks for t in THRESHOLDS]
 
-    sequential_rows = _sequential(reference.model, setting, comparisons, config, extra, log)
+    sequential_rows = _sequential(reference.model, setting, comparisons, config, extra, log,
+                                  selected)
     results: dict[str, Any] = {
         "command": " ".join(shlex.quote(a) for a in sys.argv), "quick": config.quick,
         "seed": config.seed, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(), "versions": _versions(), "setting": setting.pools,
         "sensitive_rule": setting.sensitive_rule, "window": list(window),
         "product_defaults": product_defaults(), "cases": len(cases), "ks": ks,
+        "families": [f.name for f in selected],
+        "ablations": [f.name for f in selected if f.ablation],
         "points": {"|".join(map(str, k)): v for k, v in point_means(rows).items()},
         "comparisons": comparisons, "paper_comparisons": paper_comparisons,
         "sequential": _sequential_summary(sequential_rows),
@@ -133,26 +153,26 @@ def _operating_point(comparisons: list[dict[str, Any]], family: str, k: int,
 
 def product_defaults() -> dict[str, Any]:
     """The localized editor's default settings: what "localized (product)" runs."""
-    from ..editors import LocalizedEditor, OptimConfig
+    from ..editors import LocalizedEditor, default_optim
 
     skip = {"hypernet", "optim", "replay_pool", "name"}
     out = {f.name: f.default for f in fields(LocalizedEditor) if f.name not in skip}
-    out.update({f.name: f.default for f in fields(OptimConfig)})
+    out.update(asdict(default_optim("localized")))
     return out
 
 
-SEQUENTIAL_FAMILIES = (PRODUCT, PAPER, "random mask", "random mask + replay", "window FT",
-                       "FT-L2", "LoRA")
+SEQUENTIAL_FAMILIES = (PRODUCT, PAPER, "random mask", "random mask + product options",
+                       "localized, previous default", "window FT", "FT-L2", "LoRA")
 
 
-def _sequential(model, setting, comparisons, config: BenchConfig, extra, log
+def _sequential(model, setting, comparisons, config: BenchConfig, extra, log, selected
                 ) -> list[dict[str, Any]]:
     """Each family at its LR >= 0.90 operating point (group edits), groups in a row."""
     groups = [g for g in setting.evals.groups if len(g.inputs) >= config.group_k]
     groups = groups[: (3 if config.quick else config.sequential_edits)]
-    families = {f.name: f for f in FAMILIES}
+    families = {f.name: f for f in selected}
     rows: list[dict[str, Any]] = []
-    for name in SEQUENTIAL_FAMILIES:
+    for name in (n for n in SEQUENTIAL_FAMILIES if n in families):
         point = _operating_point(comparisons, name, config.group_k)
         if point is None:
             log(f"sequential: {name} has no point with LR >= 0.90, skipped")

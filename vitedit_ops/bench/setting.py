@@ -7,12 +7,14 @@ except the edit images themselves. ``assert_disjoint`` guards that at run time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
 from ..metrics import predict_logits, select_sensitive
 from ..models import ModelSpec
@@ -67,6 +69,7 @@ class Family:
     knob_values: tuple = ()
     lrs: tuple[float, ...] = LRS
     options: tuple[tuple[str, Any], ...] = ()
+    ablation: bool = False  # a variant of the product's options, not a baseline to beat
 
     def points(self, quick: bool) -> list[MethodPoint]:
         lrs = self.lrs[len(self.lrs) // 2:][:1] if quick else self.lrs
@@ -80,20 +83,42 @@ class Family:
                 for lr in lrs for v in values]
 
 
-PAPER_OPTIONS = (("optimizer", "rmsprop"), ("replay_weight", 0.0))
+PAPER_OPTIONS = (("optimizer", "rmsprop"), ("replay_weight", 0.0), ("null_space_energy", 0.0),
+                 ("jitter_copies", 0))
+# the localized editor's defaults beyond the paper, on a random mask: does *where* matter?
+PRODUCT_OPTIONS = (("null_space_energy", 0.99), ("jitter_copies", 8), ("jitter_max_images", 1))
+# what the product ran before null-space edits (confusable KL replay, weight 10)
+PREVIOUS_DEFAULT = (("null_space_energy", 0.0), ("jitter_copies", 0), ("replay_weight", 10.0))
+# a null-space edit moves only part of each gradient, so its useful rates sit higher
+NULL_SPACE_LRS = (1e-3, 3e-3, 6e-3, 1e-2)
 REPLAY_LRS = (3e-4, 1e-3, 3e-3)
 FAMILIES = (
-    Family("localized (product)", "localized", "keep_fraction", (0.10, 0.05), REPLAY_LRS),
+    Family("localized (product)", "localized", "keep_fraction", (0.25, 0.10), NULL_SPACE_LRS),
     Family("localized (paper)", "localized", "keep_fraction", KEEPS, options=PAPER_OPTIONS),
     Family("random mask", "random_mask", "keep_fraction", KEEPS, options=PAPER_OPTIONS),
-    Family("random mask + replay", "random_mask", "keep_fraction", (0.10,), REPLAY_LRS,
-           options=(("replay_weight", 10.0),)),
+    Family("random mask + product options", "random_mask", "keep_fraction", (0.25, 0.10),
+           NULL_SPACE_LRS, options=PRODUCT_OPTIONS, ablation=True),
+    Family("localized, previous default", "localized", "keep_fraction", (0.10,), REPLAY_LRS,
+           options=PREVIOUS_DEFAULT, ablation=True),
     Family("window FT", "window_ft", ""),
     Family("FT-L1", "ft_l1", "strength", (1e-3, 1e-2)),
     Family("FT-L2", "ft_l2", "strength", (1e-2, 1e-1)),
     Family("LoRA", "lora", "rank", (2, 8)),
     Family("full FT", "full_ft", "", lrs=(1e-5, 3e-5, 1e-4)),
 )
+
+
+def select_families(names: Sequence[str] | None) -> tuple[Family, ...]:
+    """The named families (all of them for None), in the benchmark's order."""
+    if not names:
+        return FAMILIES
+    known = {f.name for f in FAMILIES}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidInputError(f"unknown method famil{'ies' if len(unknown) > 1 else 'y'} "
+                                f"{', '.join(map(repr, unknown))}; available: "
+                                f"{', '.join(repr(f.name) for f in FAMILIES)}")
+    return tuple(f for f in FAMILIES if f.name in names)
 
 
 def method_grid(quick: bool, families: tuple[Family, ...] = FAMILIES) -> list[MethodPoint]:

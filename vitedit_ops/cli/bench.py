@@ -18,25 +18,33 @@ def bench(
     out: Path | None = typer.Option(None, help="Results directory (default bench-results/<time>)."),
     cases: int = typer.Option(60, help="Paired edit cases (half select, half report)."),
     write_docs: bool | None = typer.Option(None, "--write-docs/--no-write-docs",
-                                           help="Copy the report to docs/ (default: full runs)."),
+                                           help="Copy the report to docs/ (default: full runs of every "
+                                           "family)."),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="Measure cost figures."),
     components: bool = typer.Option(True, "--components/--no-components",
                                     help="Run the monitoring/gate benchmarks too."),
     workers: int = typer.Option(1, help="Parallel edit processes (one per free core)."),
+    family: list[str] = typer.Option([], "--family", help="Run only this method family "
+                                     "(repeatable), e.g. --family 'localized (product)'."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: skip the "
+                                "grid jobs it finished (refused if its settings differ)."),
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
     from ..bench.run import BenchConfig, run_benchmark
     from ..reference.hypernet import load_reference_with_hypernet
 
+    if resume and out is None:
+        raise typer.BadParameter("--resume continues a run: name its directory with --out")
     out = out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     console.print("loading (or building) the reference model and its hypernetwork ...")
     reference, hypernet = load_reference_with_hypernet(progress=True)
     config = BenchConfig(quick=quick, cases=cases, include_cost=cost,
-                         include_components=components, workers=workers)
+                         include_components=components, workers=workers, resume=resume,
+                         families=tuple(family))
     results = run_benchmark(reference, hypernet, config, out,
                             log=lambda msg: console.print(msg, highlight=False))
     console.print(f"results in {out} ({results['seconds'] / 60:.1f} min)")
-    if write_docs if write_docs is not None else not quick:
+    if write_docs if write_docs is not None else not (quick or family):
         DOCS.mkdir(exist_ok=True)
         (DOCS / "img").mkdir(exist_ok=True)
         for name in ("pareto.png", "sequential.png"):

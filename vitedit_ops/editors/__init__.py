@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import MISSING, replace
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -46,11 +47,20 @@ def create_editor(name: str, **kwargs: Any) -> Editor:
     if name not in _REGISTRY:
         raise InvalidInputError(f"unknown editor {name!r}; available: {', '.join(list_editors())}")
     optim = {k: kwargs.pop(k) for k in _OPTIM_KEYS if k in kwargs}
-    if optim:
-        kwargs["optim"] = OptimConfig(**optim)
+    if optim:  # flat keys override the editor's own optimiser defaults, not OptimConfig's
+        kwargs["optim"] = replace(default_optim(name), **optim)
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["EditResult", "Editor", "OptimConfig", "create_editor", "list_editors",
-           "register_editor", "LocalizedEditor", "RandomMaskEditor", "WindowFinetuneEditor",
+def default_optim(name: str) -> OptimConfig:
+    """The optimiser settings an editor uses unless told otherwise."""
+    builder = _REGISTRY[name]
+    field = getattr(builder, "__dataclass_fields__", {}).get("optim")
+    if field is not None and field.default_factory is not MISSING:
+        return field.default_factory()
+    return OptimConfig()
+
+
+__all__ = ["EditResult", "Editor", "OptimConfig", "create_editor", "default_optim",
+           "list_editors", "register_editor", "LocalizedEditor", "RandomMaskEditor", "WindowFinetuneEditor",
            "LoRAEditor", "FullFinetuneEditor"]

@@ -164,16 +164,24 @@ def optimize_window(model: nn.Module, window: EditWindow, deltas: Sequence[Matri
                     images: torch.Tensor, labels: torch.Tensor, config: OptimConfig,
                     penalty: Callable[[], torch.Tensor] | None = None,
                     replay: Replay | None = None,
+                    augmented: tuple[torch.Tensor, torch.Tensor] | None = None,
                     ) -> tuple[int, list[float], torch.Tensor]:
     """Fine-tune only ``deltas`` until every edit image is right and CE <= target.
 
-    The blocks before the window run once (for the edit and replay images alike); each step
-    runs only the window onward. Returns (optimizer steps taken, CE per step, predictions).
+    The blocks before the window run once (for the edit, augmented and replay images alike);
+    each step runs only the window onward. ``augmented`` (images, labels) adds its own CE term
+    to the loss but not to the stopping rule, which stays the same for every method.
+    Returns (optimizer steps taken, CE of the edit images per step, their predictions).
     """
     split = SplitForward(model, window.sites[0].block_path)
     split.verify(images[:2])
     hidden = split.prefix(images)
     count = len(images)
+    extra_labels = None
+    if augmented is not None and len(augmented[0]):
+        hidden = torch.cat([hidden, split.prefix(augmented[0].to(images.device))])
+        extra_labels = augmented[1].to(labels.device)
+    trained = len(hidden)
     if replay is not None and len(replay.inputs):
         replay_hidden = split.prefix(replay.inputs.to(images.device))
         with torch.no_grad():
@@ -193,10 +201,12 @@ def optimize_window(model: nn.Module, window: EditWindow, deltas: Sequence[Matri
             if (right and history[-1] <= config.ce_target) or steps >= config.max_steps:
                 break
             loss = ce
+            if extra_labels is not None:
+                loss = loss + F.cross_entropy(all_logits[count:trained], extra_labels)
             if penalty is not None:
                 loss = loss + penalty()
-            if len(all_logits) > count:
-                edited = F.log_softmax(all_logits[count:], dim=-1)
+            if len(all_logits) > trained:
+                edited = F.log_softmax(all_logits[trained:], dim=-1)
                 loss = loss + replay.weight * F.kl_div(edited, original, log_target=True,
                                                        reduction="batchmean")
             optimizer.zero_grad(set_to_none=True)
@@ -212,7 +222,8 @@ def window_edit(method: str, model: nn.Module, window: EditWindow,
                 penalty: Callable[[], torch.Tensor] | None = None,
                 mask_scores: dict[str, torch.Tensor] | None = None,
                 kept_units: dict[str, torch.Tensor] | None = None,
-                replay: Replay | None = None) -> EditResult:
+                replay: Replay | None = None,
+                augmented: tuple[torch.Tensor, torch.Tensor] | None = None) -> EditResult:
     """Run the shared loop for window deltas and package the outcome as an EditResult."""
     start = time.perf_counter()
     base_fp = fingerprint(model)
@@ -222,7 +233,8 @@ def window_edit(method: str, model: nn.Module, window: EditWindow,
         for d in deltas:
             d.to(images.device)
         steps, history, after = optimize_window(model, window, deltas, images, labels, config,
-                                                penalty=penalty, replay=replay)
+                                                penalty=penalty, replay=replay,
+                                                augmented=augmented)
     patch = Patch.from_deltas(model, [d.patch_entry() for d in deltas], base_fp,
                               metadata={"method": method, "window": f"{window.start}-{window.end}"})
     labels_cpu = labels.cpu()

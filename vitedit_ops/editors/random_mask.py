@@ -14,7 +14,9 @@ from torch import nn
 from ..sites import edit_window
 from .base import (Editor, EditResult, OptimConfig, frozen, select_replay, validate_edit_inputs,
                    window_edit)
-from .units import kept_fraction, kept_units_by_name, select_top_units, unit_deltas
+from .jitter import jittered_batch
+from .nullspace import confined_unit_deltas
+from .units import kept_fraction, kept_units_by_name, select_top_units
 
 
 @dataclass
@@ -28,6 +30,9 @@ class RandomMaskEditor(Editor):
     replay_pool: torch.Tensor | None = None
     replay_weight: float = 0.0
     replay_scope: str = "confusable"
+    null_space_energy: float = 0.0
+    jitter_copies: int = 0
+    jitter_max_images: int = 1
     name: str = "random_mask"
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
@@ -41,9 +46,16 @@ class RandomMaskEditor(Editor):
         with frozen(model), torch.no_grad():
             replay = select_replay(model, self.replay_pool, model(images).argmax(-1), labels,
                                    self.replay_scope, self.replay_weight)
+            deltas = confined_unit_deltas(model, window, units, self.replay_pool,
+                                          self.null_space_energy)
         return window_edit(
-            self.name, model, window, unit_deltas(window, units), images, labels, self.optim,
+            self.name, model, window, deltas, images, labels, self.optim,
             settings={"keep_fraction": self.keep_fraction,
                       "kept_fraction": kept_fraction(window, units), "seed": self.seed,
-                      "replay_weight": self.replay_weight, "replay_scope": self.replay_scope},
-            kept_units=kept_units_by_name(window, units), replay=replay)
+                      "replay_weight": self.replay_weight, "replay_scope": self.replay_scope,
+                      "jitter_copies": self.jitter_copies
+                      if len(images) <= self.jitter_max_images else 0,
+                      "null_space_energy": self.null_space_energy},
+            kept_units=kept_units_by_name(window, units), replay=replay,
+            augmented=jittered_batch(images, labels, self.jitter_copies
+                                     if len(images) <= self.jitter_max_images else 0))

@@ -27,9 +27,13 @@ def select_top_units(scores: Sequence[torch.Tensor], keep_fraction: float) -> li
     return out
 
 
-def unit_deltas(window: EditWindow, units: Sequence[torch.Tensor]) -> list[UnitDelta]:
-    """One row/column delta per edited matrix, for the selected units."""
-    return [UnitDelta(site, which, idx) for (site, which), idx in zip(window.matrices, units)]
+def unit_deltas(window: EditWindow, units: Sequence[torch.Tensor],
+                projectors: Sequence[torch.Tensor] | None = None) -> list[UnitDelta]:
+    """One row/column delta per edited matrix, for the selected units (optionally confined
+    by a projector per matrix, see ``nullspace``)."""
+    projectors = projectors or [None] * len(units)
+    return [UnitDelta(site, which, idx, projector) for (site, which), idx, projector
+            in zip(window.matrices, units, projectors)]
 
 
 def kept_units_by_name(window: EditWindow, units: Sequence[torch.Tensor]
