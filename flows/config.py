@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 KEY_PREFIX = "nightly-"
 REPLAY_EDITORS = ("localized", "random_mask")
+POOL_OPTIONS = ("null_space_energy", "replay_weight", "replay_scope")  # need a pool editor
 
 
 class EditSettings(BaseModel):
@@ -26,8 +27,9 @@ class EditSettings(BaseModel):
 
     method: str = Field("localized", description="Editor (vitedit_ops.editors): localized, "
                         "random_mask, window_ft, ft_l1, ft_l2, lora.")
-    keep_fraction: float = Field(0.3, gt=0, le=1, description="Share of window units edited.")
-    lr: float = Field(5e-5, gt=0, description="Edit learning rate.")
+    keep_fraction: float = Field(0.1, gt=0, le=1, description="Share of window units edited.")
+    lr: float = Field(1e-3, gt=0, description="Edit learning rate (null-space edits move only "
+                      "part of each gradient, so their useful rates are higher).")
     optimizer: str = Field("rmsprop", description="rmsprop, adam or sgd.")
     max_steps: int = Field(100, ge=1, description="Optimiser step limit per group.")
     ce_target: float = Field(0.5, gt=0, description="Stop once every edit image is right and "
@@ -44,12 +46,18 @@ class EditSettings(BaseModel):
     group_retention_min: float = Field(0.98, ge=0, le=1, description="...and keep at least this "
                                        "share of earlier nights' fixes right (default: the "
                                        "gate's).")
-    replay: bool = Field(True, description="Give editors that replay (localized, random_mask) "
-                         "a replay pool: production images feedback confirmed correct plus the "
-                         "base's held-out pool, never the gate suite's. The localized editor's "
-                         "default then keeps the predictions of the classes an edit moves.")
-    replay_weight: float | None = Field(None, ge=0, description="KL weight of the replay term "
-                                        "(default: the editor's).")
+    replay: bool = Field(True, description="Give the masked editors (localized, random_mask) "
+                         "a pool of images whose predictions must hold: production images "
+                         "feedback confirmed correct plus the base's held-out pool, never the "
+                         "gate suite's. The localized editor's default confines each edit to "
+                         "the directions these images do not use (null-space edit).")
+    null_space_energy: float | None = Field(0.999, ge=0, lt=1, description="Share of the "
+                                            "pool images' FFN-input energy the edit must stay "
+                                            "out of; 0 turns confinement off, None takes the "
+                                            "editor's (0.99 for localized). 0.999 holds the "
+                                            "0.99 suite floor on the reference model.")
+    replay_weight: float | None = Field(None, ge=0, description="KL weight of a replay term "
+                                        "on the pool (default: the editor's, off).")
     replay_scope: str | None = Field(None, description="confusable or all (default: the "
                                      "editor's).")
     replay_limit: int = Field(500, ge=0, description="Most confirmed-correct production images "
@@ -58,10 +66,11 @@ class EditSettings(BaseModel):
 
     @model_validator(mode="after")
     def _replay_options_need_a_replaying_editor(self) -> EditSettings:
-        tuned = self.replay_weight is not None or self.replay_scope is not None
+        tuned = [name for name in POOL_OPTIONS
+                 if name in self.model_fields_set and getattr(self, name) is not None]
         if tuned and self.method not in REPLAY_EDITORS:
-            raise ValueError(f"replay is an option of the {' and '.join(REPLAY_EDITORS)} "
-                             f"editors, not of {self.method!r}")
+            raise ValueError(f"{', '.join(tuned)}: options of the "
+                             f"{' and '.join(REPLAY_EDITORS)} editors, not of {self.method!r}")
         return self
 
     @property
@@ -75,9 +84,8 @@ class EditSettings(BaseModel):
         if self.method in REPLAY_EDITORS:
             options["keep_fraction"] = self.keep_fraction
         if self.uses_replay:
-            options.update({k: v for k, v in (("replay_weight", self.replay_weight),
-                                              ("replay_scope", self.replay_scope))
-                            if v is not None})
+            options.update({name: getattr(self, name) for name in POOL_OPTIONS
+                            if getattr(self, name) is not None})
         return options
 
 

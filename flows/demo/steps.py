@@ -26,10 +26,6 @@ from .scenario import DAYS, day_requests
 from .serving import ChampionServer, review, serve_day
 
 FEEDBACK_DELAY = timedelta(hours=6)
-# The 6-block digits model flips 0.75-3% of the suite's 400 predictions with every 4-image
-# group edit we measured (docs/frontier.md), so the production default floor of 0.99 would
-# turn every group away; the demo runs at 0.98 for the group checks and the gate, and says so.
-DEMO_LOCALITY_FLOOR = 0.98
 
 
 def _progress(console: Console) -> Progress:
@@ -126,15 +122,13 @@ class Demo:
             + f"; {labelled} reviewer labels arrived", highlight=False)
 
     def night(self, day: int) -> NightlyResult:
-        self.console.print(f"demo operating point: suite locality floor {DEMO_LOCALITY_FLOOR} "
-                           "for each group and for the gate (production default 0.99, which "
-                           "this small model's edits do not reach: docs/frontier.md)",
-                           highlight=False)
+        settings = EditSettings()
+        self.console.print(f"production defaults: {settings.method} editor, null-space "
+                           f"energy {settings.null_space_energy}, lr {settings.lr:g}, suite "
+                           f"locality floor {settings.group_locality_min} per group and for "
+                           "the gate", highlight=False)
         with self.console.status(f"night {day}: nightly-edit flow running (Prefect)..."):
-            result = nightly_edit(model=self.name,
-                                  edit_settings=EditSettings(
-                                      group_locality_min=DEMO_LOCALITY_FLOOR),
-                                  gate={"locality_min": DEMO_LOCALITY_FLOOR})
+            result = nightly_edit(model=self.name, edit_settings=settings)
         print_night(result, self.console, self.tracking_uri)
         retention = result.gate.check("retention") if result.gate is not None else None
         if retention is not None and retention.value is not None:

@@ -11,8 +11,9 @@ import pytest
 
 from vitedit_ops.bench.run import PAPER, PRODUCT, BenchConfig, run_benchmark
 
-FAMILIES = {PRODUCT, PAPER, "random mask", "random mask + replay", "window FT", "FT-L1",
-            "FT-L2", "LoRA", "full FT"}
+FAMILIES = {PRODUCT, PAPER, "random mask", "random mask + product options",
+            "localized, previous default", "window FT", "FT-L1", "FT-L2", "LoRA", "full FT"}
+ABLATIONS = {"random mask + product options", "localized, previous default"}
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,11 @@ def test_comparisons_and_sequential_and_cost_are_reported(quick):
     results, out = quick
     assert {(c["k"], c["threshold"]) for c in results["comparisons"]} == \
         {(1, 0.95), (1, 0.90), (4, 0.95), (4, 0.90)}
+    assert set(results["ablations"]) == ABLATIONS
     for c in results["comparisons"]:
         assert set(c["methods"]) == FAMILIES
+        best = c.get("product_vs_best_baseline")
+        assert best is None or best["baseline"] not in ABLATIONS | {PRODUCT}
     assert results["sequential"], "no method reached LR >= 0.90 for sequential editing"
     for family, s in results["sequential"].items():
         assert s["edits"] >= 1 and s["final_max_norm_growth"] >= 1.0 - 1e-6, family
@@ -85,3 +89,20 @@ def test_editing_pools_are_disjoint_from_evaluation_sets(trained_reference):
     assert_disjoint({"locality": reference.data.locality, "replay": reference.data.replay,
                      "train": reference.data.train, "groups": group_ids})
     assert not math.isnan(setting.pools["sensitive"])
+
+
+@pytest.mark.slow
+def test_a_resumed_run_reads_the_journal_instead_of_editing_again(quick, trained_reference,
+                                                                  tmp_path):
+    import shutil
+
+    results, out = quick
+    reference, _directory, hypernet = trained_reference
+    shutil.copy(out / "rows.jsonl", tmp_path / "rows.jsonl")
+    logs: list[str] = []
+    again = run_benchmark(reference, hypernet,
+                          BenchConfig(quick=True, include_cost=False, include_components=False,
+                                      resume=True), tmp_path, log=logs.append)
+    assert any("resuming" in m for m in logs)
+    assert not any(m.strip().startswith("jobs") for m in logs)  # no grid job ran again
+    assert again["points"] == results["points"]

@@ -28,7 +28,7 @@ class GateConfig:
     sensitive_min: float = 0.90           # sensitive subset: share of unchanged predictions
     retention_min: float = 0.98           # images fixed by earlier edits still right
     accuracy_drop_max: float = 0.5        # labelled clean accuracy, points below the base
-    norm_growth_max: float = 1.05         # max Frobenius-norm ratio of any changed weight
+    norm_growth_max: float = 3.0          # max Frobenius-norm ratio of any changed weight
     onnx_max_abs_diff: float = 1e-4       # max |logit difference| torch vs onnxruntime
     onnx_top1_agreement_min: float = 1.0  # share of identical top-1 classes
 
