@@ -25,12 +25,12 @@ def test_localized_editor_fixes_a_real_error_group_and_generalizes(trained_refer
     before_locality = predict_logits(model, locality).argmax(-1)
     base = fingerprint(model)
 
-    result = create_editor("localized", hypernet=hypernet, lr=1e-3,
+    result = create_editor("localized", hypernet=hypernet,  # the product defaults
                            replay_pool=pre.normalize(data.replay.pixels)).edit(model, edit,
                                                                                labels)
     assert result.success and result.reliability == 1.0
     assert (result.predictions_before != labels).all()  # these were real errors
-    assert result.settings["replay_images"] > 0
+    assert result.settings["null_space_energy"] > 0  # confined against the pool
     result.patch.apply(model)
     try:
         fixed_heldout = (predict_logits(model, heldout).argmax(-1) == group.true_class)
