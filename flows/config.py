@@ -54,8 +54,8 @@ class EditSettings(BaseModel):
     null_space_energy: float | None = Field(0.999, ge=0, lt=1, description="Share of the "
                                             "pool images' FFN-input energy the edit must stay "
                                             "out of; 0 turns confinement off, None takes the "
-                                            "editor's (0.99 for localized). 0.999 holds the "
-                                            "0.99 suite floor on the reference model.")
+                                            "editor's (0.99 for localized). At 0.999 some "
+                                            "reference-model groups keep the 0.99 suite floor.")
     replay_weight: float | None = Field(None, ge=0, description="KL weight of a replay term "
                                         "on the pool (default: the editor's, off).")
     replay_scope: str | None = Field(None, description="confusable or all (default: the "

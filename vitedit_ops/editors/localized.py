@@ -63,6 +63,7 @@ class LocalizedEditor(Editor):
                                    self.replay_weight)
             deltas = confined_unit_deltas(model, window, units, self.replay_pool,
                                           self.null_space_energy)
+        copies = self.jitter_copies if len(images) <= self.jitter_max_images else 0
         return window_edit(
             self.name, model, window, deltas, images, labels, self.optim,
             settings={"keep_fraction": self.keep_fraction,
@@ -70,10 +71,8 @@ class LocalizedEditor(Editor):
                       "lineage": lineage.relation, "replay_weight": self.replay_weight,
                       "replay_scope": self.replay_scope,
                       "replay_images": 0 if replay is None else len(replay.inputs),
-                      "jitter_copies": self.jitter_copies
-                      if len(images) <= self.jitter_max_images else 0,
+                      "jitter_copies": copies,
                       "null_space_energy": self.null_space_energy},
             mask_scores=dict(zip(window.weight_names, scores)),
             kept_units=kept_units_by_name(window, units), replay=replay,
-            augmented=jittered_batch(images, labels, self.jitter_copies
-                                     if len(images) <= self.jitter_max_images else 0))
+            augmented=jittered_batch(images, labels, copies))
