@@ -1,8 +1,8 @@
 """``vitedit-ops register-base | promote | rollback | history``.
 
 Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. MLflow is imported
-inside the commands, so other commands do not pay for it. Exit codes: 0 done, 2 bad input or
-registry unreachable, 3 promotion refused by the gate/verification.
+inside the commands, so other commands do not pay for it. Exit codes: 0 done, 2 bad input,
+3 promotion refused by the gate/verification, 4 registry unreachable.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-EXIT_BAD_INPUT = 2
-EXIT_REFUSED = 3
 T = TypeVar("T")
 
 console = Console()
@@ -31,8 +29,9 @@ Alias = Annotated[str, typer.Option("--alias", help="Alias to move.")]
 
 
 def _guard(action: Callable[[], T]) -> T:
-    """Registry errors become one line and exit 2; refusals list their reasons and exit 3."""
-    from vitedit_ops.errors import VitEditError
+    """Registry errors become one line and their exit code (``vitedit_ops.errors``);
+    refusals list their reasons and exit 3."""
+    from vitedit_ops.errors import EXIT_REFUSED, VitEditError
 
     from .errors import PromotionRefusedError
 
@@ -46,7 +45,7 @@ def _guard(action: Callable[[], T]) -> T:
         raise typer.Exit(EXIT_REFUSED) from None
     except VitEditError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise typer.Exit(exc.exit_code) from None
 
 
 def register_base_command(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from vitedit_ops.errors import VitEditError
+from vitedit_ops.errors import InfrastructureError, RefusedError, VitEditError
 
 
 class RegistryError(VitEditError):
     """A registry operation failed or was asked for something that does not exist (exit 2)."""
 
 
-class RegistryUnavailableError(RegistryError):
-    """The tracking server did not answer within the bounded retries."""
+class RegistryUnavailableError(RegistryError, InfrastructureError):
+    """The tracking server did not answer within the bounded retries (exit 4)."""
 
 
-class PromotionRefusedError(RegistryError):
+class PromotionRefusedError(RegistryError, RefusedError):
     """The version's gate failed or its artifacts do not match its tags (exit 3)."""
 
     def __init__(self, headline: str, problems: list[str]):

@@ -7,19 +7,19 @@ and ``vitedit-ops edit`` does not pay for MLflow or Prefect.
 
 from __future__ import annotations
 
+import errno
 import sys
 from importlib.metadata import entry_points
 
 import typer
 from rich.console import Console
 
-from ..errors import VitEditError
+from ..errors import EXIT_INFRASTRUCTURE, VitEditError
 
 app = typer.Typer(name="vitedit-ops", no_args_is_help=True, add_completion=False,
                   help="Continual, gated repair of deployed Vision Transformers.")
 err_console = Console(stderr=True)
 
-EXIT_BAD_INPUT = 2
 ENTRY_POINT_GROUP = "vitedit_ops.commands"
 
 
@@ -37,10 +37,17 @@ def _root() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: engine errors become one clear line and exit code 2."""
+    """Console entry point: every known error becomes one clear line and its exit code
+    (``vitedit_ops.errors``: 2 bad input, 3 refused, 4 infrastructure)."""
     _register_commands()
     try:
         app(args=argv, prog_name="vitedit-ops")
     except VitEditError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        err_console.print(f"[bold red]error:[/] disk full: {exc}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(EXIT_INFRASTRUCTURE)
