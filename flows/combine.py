@@ -12,7 +12,7 @@ that breaks any of this is taken back out and reported.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -27,13 +27,15 @@ from .edits import GroupOutcome, suite_checks, suite_problems
 from .lineage import ChampionContext
 
 
-@dataclass
+@dataclass(frozen=True)
 class Combination:
-    """The candidate model and the patches applied to make it, in order."""
+    """The candidate model, the patches applied to make it (in order, rebased where needed),
+    and every group's final record: an applied group's record holds the patch as applied,
+    an accepted group that broke the stack is marked left out."""
 
     model: nn.Module
-    applied: list[tuple[GroupOutcome, Patch]] = field(default_factory=list)
-    left_out: dict[str, str] = field(default_factory=dict)
+    applied: list[tuple[GroupOutcome, Patch]]
+    outcomes: list[GroupOutcome]
 
     @property
     def patches(self) -> list[Patch]:
@@ -53,28 +55,32 @@ def rebase(patch: Patch, model: nn.Module) -> Patch:
 def combine(context: ChampionContext, outcomes: list[GroupOutcome],
             settings: EditSettings) -> Combination:
     """Apply accepted outcomes' patches in order on a copy of the champion."""
-    combination = Combination(copy.deepcopy(context.model).cpu())
-    model = combination.model
+    model = copy.deepcopy(context.model).cpu()
+    applied: list[tuple[GroupOutcome, Patch]] = []
+    final: list[GroupOutcome] = []
     for outcome in outcomes:
-        if not outcome.accepted or outcome.patch is None:
+        if not outcome.accepted:
+            final.append(outcome)
             continue
         try:
-            outcome.patch.apply(model)
-            patch = outcome.patch
+            outcome.edit.patch.apply(model)
+            patch = outcome.edit.patch
         except PatchConflictError:
-            patch = rebase(outcome.patch, model)
+            patch = rebase(outcome.edit.patch, model)
             patch.apply(model)
-        broken = [o.key for o, _ in [*combination.applied, (outcome, patch)]
+        broken = [o.key for o, _ in [*applied, (outcome, patch)]
                   if not _fixes_all(context, model, o)]
         problems = ([f"it breaks {', '.join(broken)}"] if broken else
                     suite_problems(suite_checks(context, model), settings))
         if problems:
             patch.revert(model)
-            combination.left_out[outcome.key] = ("left out when combining, with the earlier "
-                                                 f"groups: {'; '.join(problems)}")
+            final.append(replace(outcome, edit=outcome.edit.left_out(
+                f"left out when combining, with the earlier groups: {'; '.join(problems)}")))
             continue
-        combination.applied.append((outcome, patch))
-    return combination
+        outcome = replace(outcome, edit=replace(outcome.edit, patch=patch))  # as applied
+        applied.append((outcome, patch))
+        final.append(outcome)
+    return Combination(model, applied, final)
 
 
 def _fixes_all(context: ChampionContext, model: nn.Module, outcome: GroupOutcome) -> bool:

@@ -11,30 +11,48 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vitedit_ops.editors import OPTIMIZERS, PRODUCT, editor_options, list_editors, takes_preserved
+
 KEY_PREFIX = "nightly-"
-REPLAY_EDITORS = ("localized", "random_mask")
-POOL_OPTIONS = ("null_space_energy", "replay_weight", "replay_scope")  # need a pool editor
+EditorName = Literal[tuple(list_editors())]  # type: ignore[valid-type]
+OptimizerName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+# fields passed to ``create_editor`` (it keeps those the chosen editor declares)
+EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
+                 "null_space_energy", "replay_weight", "replay_scope", "jitter_copies")
 
 
 class EditSettings(BaseModel):
-    """How error groups are collected, edited and accepted (one night's recipe)."""
+    """How error groups are collected, edited and accepted (one night's recipe).
+
+    Editor defaults are the product's (``vitedit_ops.editors.PRODUCT``), so what a night runs
+    and what the benchmarks call "product" cannot drift apart.
+    """
 
     model_config = ConfigDict(extra="forbid")  # a typo must not silently use a default
 
-    method: str = Field("localized", description="Editor (vitedit_ops.editors): localized, "
-                        "random_mask, window_ft, ft_l1, ft_l2, lora.")
-    keep_fraction: float = Field(0.1, gt=0, le=1, description="Share of window units edited.")
-    lr: float = Field(1e-3, gt=0, description="Edit learning rate (null-space edits move only "
-                      "part of each gradient, so their useful rates are higher).")
-    optimizer: str = Field("rmsprop", description="rmsprop, adam or sgd.")
-    max_steps: int = Field(100, ge=1, description="Optimiser step limit per group.")
-    ce_target: float = Field(0.5, gt=0, description="Stop once every edit image is right and "
-                             "the edit images' cross-entropy is at most this (a looser stop "
-                             "than the engine's 0.01 keeps edits smaller).")
+    method: EditorName = Field(PRODUCT.method, description="Editor (vitedit_ops.editors).")
+    keep_fraction: float = Field(PRODUCT.get("keep_fraction"), gt=0, le=1,
+                                 description="Share of window units edited (masked editors).")
+    lr: float = Field(PRODUCT.get("lr"), gt=0, description="Edit learning rate.")
+    optimizer: OptimizerName = Field(PRODUCT.get("optimizer"), description="Edit optimiser.")
+    max_steps: int = Field(PRODUCT.get("max_steps"), ge=1,
+                           description="Optimiser step limit per group.")
+    ce_target: float = Field(PRODUCT.get("ce_target"), gt=0, description="Stop once every "
+                             "edit image is right and their cross-entropy is at most this.")
+    null_space_energy: float | None = Field(
+        PRODUCT.get("null_space_energy"), ge=0, lt=1, description="Share of the preserved "
+        "pool's FFN-input energy the edit must stay out of (masked editors); 0 turns "
+        "confinement off, None takes the editor's default.")
+    replay_weight: float | None = Field(None, ge=0, description="KL weight of a replay term "
+                                        "on the preserved pool (None: the editor's, off).")
+    replay_scope: Literal["confusable", "all"] | None = Field(
+        None, description="Preserved images the replay term uses (None: the editor's).")
+    jitter_copies: int | None = Field(PRODUCT.get("jitter_copies"), ge=0, description="Jittered"
+                                      " copies of each image in a single-image edit.")
     heldout_fraction: float = Field(0.5, ge=0, lt=1, description="Share of each group kept "
                                     "out of the edit to measure generalization.")
     max_edit_images: int | None = Field(4, ge=1, description="Edit images per group (cap).")
@@ -46,47 +64,31 @@ class EditSettings(BaseModel):
     group_retention_min: float = Field(0.98, ge=0, le=1, description="...and keep at least this "
                                        "share of earlier nights' fixes right (default: the "
                                        "gate's).")
-    replay: bool = Field(True, description="Give the masked editors (localized, random_mask) "
-                         "a pool of images whose predictions must hold: production images "
-                         "feedback confirmed correct plus the base's held-out pool, never the "
-                         "gate suite's. The localized editor's default confines each edit to "
-                         "the directions these images do not use (null-space edit).")
-    null_space_energy: float | None = Field(0.999, ge=0, lt=1, description="Share of the "
-                                            "pool images' FFN-input energy the edit must stay "
-                                            "out of; 0 turns confinement off, None takes the "
-                                            "editor's (0.99 for localized). At 0.999 some "
-                                            "reference-model groups keep the 0.99 suite floor.")
-    replay_weight: float | None = Field(None, ge=0, description="KL weight of a replay term "
-                                        "on the pool (default: the editor's, off).")
-    replay_scope: str | None = Field(None, description="confusable or all (default: the "
-                                     "editor's).")
-    replay_limit: int = Field(500, ge=0, description="Most confirmed-correct production images "
-                              "in the replay pool (newest first).")
+    preserve: bool = Field(True, description="Give editors that take one a preserved pool: "
+                           "production images feedback confirmed correct plus the base's "
+                           "held-out pool, never the gate suite's images. The product's "
+                           "editor confines each edit to the directions they do not use.")
+    preserved_limit: int = Field(500, ge=0, description="Most confirmed-correct production "
+                                 "images in the preserved pool (newest first).")
     seed: int = Field(0, description="Seed of the collector's edit/held-out split.")
 
     @model_validator(mode="after")
-    def _replay_options_need_a_replaying_editor(self) -> EditSettings:
-        tuned = [name for name in POOL_OPTIONS
-                 if name in self.model_fields_set and getattr(self, name) is not None]
-        if tuned and self.method not in REPLAY_EDITORS:
-            raise ValueError(f"{', '.join(tuned)}: options of the "
-                             f"{' and '.join(REPLAY_EDITORS)} editors, not of {self.method!r}")
+    def _options_of_the_chosen_editor(self) -> EditSettings:
+        declared = editor_options(self.method)
+        foreign = [name for name in EDITOR_FIELDS if name in self.model_fields_set
+                   and getattr(self, name) is not None and name not in declared]
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: not an option of the {self.method!r} "
+                             "editor")
         return self
 
     @property
-    def uses_replay(self) -> bool:
-        return self.replay and self.method in REPLAY_EDITORS
+    def uses_preserved(self) -> bool:
+        return self.preserve and takes_preserved(self.method)
 
     def editor_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``create_editor`` besides the hypernetwork/window/replay pool."""
-        options: dict[str, Any] = {"lr": self.lr, "optimizer": self.optimizer,
-                                   "max_steps": self.max_steps, "ce_target": self.ce_target}
-        if self.method in REPLAY_EDITORS:
-            options["keep_fraction"] = self.keep_fraction
-        if self.uses_replay:
-            options.update({name: getattr(self, name) for name in POOL_OPTIONS
-                            if getattr(self, name) is not None})
-        return options
+        """Keyword arguments of ``create_editor`` besides the hypernetwork/window/pool."""
+        return {name: getattr(self, name) for name in EDITOR_FIELDS}
 
 
 def idempotency_key(model: str, champion_version: str, champion_fingerprint: str,

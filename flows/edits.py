@@ -4,7 +4,9 @@ Each group is edited on its own copy of the champion, so groups can run in paral
 or Dask workers) and one group's failure touches nothing else. A group is accepted when its
 edit fixes every edit image (reliability), keeps the champion's prediction on at least
 ``group_locality_min`` of the gate suite and keeps ``group_retention_min`` of the images earlier
-nights fixed right; the night then combines accepted groups.
+nights fixed right; the night then combines accepted groups. What happened to a group is the
+registry's own record type (``registry.GroupEdit``), so the flow and the registry never keep
+two versions of it.
 """
 
 from __future__ import annotations
@@ -12,29 +14,26 @@ from __future__ import annotations
 import copy
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from monitoring.images import ImageStore
+from registry.record import ACCEPTED, ERROR, REJECTED, GroupEdit
 from vitedit_ops.device import resolve_device
-from vitedit_ops.editors import Editor, create_editor
+from vitedit_ops.editors import create_editor
 from vitedit_ops.gate import image_hashes
 from vitedit_ops.groups import ErrorGroup, ImageRef
-from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import accuracy, predict_logits
-from vitedit_ops.patch import Patch
 from vitedit_ops.preprocess import Preprocessor
 
 from .config import EditSettings
 from .lineage import ChampionContext
-from .replay import ReplayPool
-
-ACCEPTED, REJECTED, ERROR = "accepted", "rejected", "error"
+from .preserved import PreservedPool
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupImages:
     """A group's pixels (in [0, 1], model input size) and the predictions they came from."""
 
@@ -54,30 +53,28 @@ class GroupImages:
         return torch.full((len(self.heldout_pixels),), self.group.true_class, dtype=torch.long)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupOutcome:
-    """What happened to one group; ``patch`` is set only for an accepted edit."""
+    """A group's record (``edit.patch`` is set only for an accepted edit) and, once its
+    images loaded, the pixels the checks, the stacking and the gate use again."""
 
-    group: ErrorGroup
-    status: str
-    note: str = ""
+    edit: GroupEdit
     images: GroupImages | None = None
-    patch: Patch | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    before: dict[str, float] = field(default_factory=dict)
-    after: dict[str, float] = field(default_factory=dict)
-    mask_scores: dict[str, torch.Tensor] | None = None
-    kept_units: dict[str, torch.Tensor] = field(default_factory=dict)
-    worker: str = ""
 
     @property
     def key(self) -> str:
-        return self.group.key
+        return self.edit.key
 
     @property
     def accepted(self) -> bool:
-        return self.status == ACCEPTED
+        return self.edit.accepted
+
+    @classmethod
+    def failed(cls, group: ErrorGroup, error: str) -> GroupOutcome:
+        """A group whose images or edit raised: reported, nothing applied."""
+        return cls(GroupEdit(key=group.key, num_edit_images=len(group.edit_images),
+                             num_heldout_images=len(group.heldout_images), patch=None,
+                             outcome=ERROR, note=f"raised: {error}"))
 
 
 def load_group_images(context: ChampionContext, group: ErrorGroup,
@@ -124,27 +121,19 @@ def suite_problems(checks: dict[str, float], settings: EditSettings) -> list[str
     return problems
 
 
-def make_editor(settings: EditSettings, hypernet: MaskHypernet,
-                replay: torch.Tensor | None = None) -> Editor:
-    """The configured editor; masked and window methods edit the hypernetwork's window;
-    ``replay`` (model inputs) is its replay pool when the settings turn replay on."""
-    options = settings.editor_options()
-    if settings.method == "localized":
-        options["hypernet"] = hypernet
-    elif settings.method != "full_ft":
-        options["window"] = tuple(hypernet.config.window)
-    if settings.uses_replay:
-        options["replay_pool"] = replay
-    return create_editor(settings.method, **options)
-
-
 def edit_group(context: ChampionContext, images: GroupImages, settings: EditSettings,
-               device: str | None = None, replay: ReplayPool | None = None) -> GroupOutcome:
+               device: str | None = None, preserved: PreservedPool | None = None
+               ) -> GroupOutcome:
     """Edit a private copy of the champion on the group and check the edit on its own."""
     worker = f"{socket.gethostname()}/{os.getpid()}"
+    sizes = {"key": images.group.key, "num_edit_images": len(images.edit_pixels),
+             "num_heldout_images": len(images.heldout_pixels)}
+    in_suite = (f"{images.in_suite} image(s) left out: in the gate suite"
+                if images.in_suite else "")
     if len(images.edit_pixels) == 0:
-        return GroupOutcome(images.group, REJECTED, "every edit image is in the gate suite",
-                            images, worker=worker)
+        return GroupOutcome(GroupEdit(**sizes, patch=None, outcome=REJECTED,
+                                      note="every edit image is in the gate suite",
+                                      worker=worker), images)
     target = resolve_device(device)
     model = copy.deepcopy(context.model).to(target)
     inputs = context.suite.inputs
@@ -153,8 +142,10 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
     before = {"reliability": accuracy(model, edit_inputs, images.labels),
               "generalization": accuracy(model, heldout_inputs, images.heldout_labels),
               "locality": 1.0}
-    replay_inputs = inputs(replay.pixels) if replay is not None and len(replay.pixels) else None
-    editor = make_editor(settings, context.hypernet, replay_inputs)
+    pool = inputs(preserved.pixels) if preserved is not None and len(preserved.pixels) \
+        else None
+    editor = create_editor(settings.method, hypernet=context.hypernet, preserved=pool,
+                           **settings.editor_options())
     result = editor.edit(model, edit_inputs, images.labels)
     result.patch.apply(model)
     after = {"reliability": accuracy(model, edit_inputs, images.labels),
@@ -164,12 +155,9 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
     if after["reliability"] < 1.0:
         problems.insert(0, f"fixes {after['reliability']:.0%} of its edit images "
                            f"in {result.steps} steps")
-    note = "; ".join(problems)
-    if images.in_suite:
-        note = "; ".join(filter(None, [note, f"{images.in_suite} image(s) left out: in the "
-                                              "gate suite"]))
-    return GroupOutcome(
-        images.group, REJECTED if problems else ACCEPTED, note, images,
-        patch=None if problems else result.patch, steps=result.steps, seconds=result.seconds,
-        before=before, after=after, mask_scores=result.mask_scores,
-        kept_units=result.kept_units, worker=f"{worker} ({target})")
+    note = "; ".join(filter(None, ["; ".join(problems), in_suite]))
+    return GroupOutcome(GroupEdit(
+        **sizes, patch=None if problems else result.patch,
+        outcome=REJECTED if problems else ACCEPTED, success=result.success, steps=result.steps,
+        seconds=result.seconds, before=before, after=after, mask_scores=result.mask_scores,
+        kept_units=dict(result.kept_units), note=note, worker=f"{worker} ({target})"), images)

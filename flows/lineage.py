@@ -16,16 +16,14 @@ import torch
 from torch import nn
 
 from registry import versions
-from registry.client import connect
-from registry.errors import RegistryError
+from registry.lineage_assets import load_assets
 from registry.loading import download_suite, load_version
+from registry.lookup import champion
 from vitedit_ops.errors import IncompatibleBaseError
 from vitedit_ops.gate import Suite, load_suite
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import ModelSpec
-
-from .hypernets import load_assets
 
 _CACHE_SIZE = 2
 
@@ -66,7 +64,7 @@ class ChampionContext:
     suite: Suite
     suite_predictions: torch.Tensor     # the champion's top-1 on the suite's clean images
     drift: Drift
-    base_replay: torch.Tensor | None    # the lineage's held-out replay pixels, if registered
+    base_preserved: torch.Tensor | None  # the lineage's held-out preserved pixels, if any
     _workdir: tempfile.TemporaryDirectory
 
     @property
@@ -76,10 +74,7 @@ class ChampionContext:
 
 def resolve_champion(name: str, tracking_uri: str) -> ChampionRef:
     """Pin the version that holds the ``champion`` alias now."""
-    info = versions.by_alias(connect(tracking_uri).client, name, versions.CHAMPION)
-    if info is None:
-        raise RegistryError(f"{name} has no champion: register a base model first")
-    return ChampionRef(name, info.version, tracking_uri)
+    return ChampionRef(name, champion(name, tracking_uri).version, tracking_uri)
 
 
 _lock = threading.Lock()
@@ -117,7 +112,7 @@ def _load(ref: ChampionRef) -> ChampionContext:
         drift = Drift("descendant", lineage.changed_tensors,
                       relative_change(root, model, hypernet.config.weight_names))
     return ChampionContext(ref, info, model, spec, hypernet, suite, predictions, drift,
-                           assets.replay, workdir)
+                           assets.preserved, workdir)
 
 
 def relative_change(root: nn.Module, model: nn.Module, names: list[str]) -> float:

@@ -15,17 +15,15 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 from torch import nn
 
-from registry import versions
-from registry.client import connect
+from registry.lineage_assets import RegisteredHypernet, register_hypernet
 from registry.errors import RegistryError
 from registry.loading import load_version
-from vitedit_ops.cli.gate import read_image_folder
+from registry.lookup import champion
+from vitedit_ops.imagefiles import read_image_folder
 from vitedit_ops.metatrain import MetaTrainConfig, meta_train
 from vitedit_ops.models import ModelSpec, fingerprint
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.settings import get_settings
-
-from .hypernets import RegisteredHypernet, register_hypernet
 
 
 class MetaTrainSettings(BaseModel):
@@ -45,7 +43,7 @@ class MetaTrainSettings(BaseModel):
 def train(model: nn.Module, spec: ModelSpec, images: str, config: MetaTrainConfig,
           out_dir: Path) -> Path:
     """Meta-train (or resume from the checkpoint in ``out_dir``) on a folder of images."""
-    pixels, _, _ = read_image_folder(Path(images), spec, require_labels=False)
+    pixels = read_image_folder(Path(images), spec, require_labels=False).pixels
     meta_train(model, Preprocessor(spec).normalize(pixels), config, out_dir=out_dir,
                architecture=spec.architecture)
     return out_dir
@@ -53,30 +51,27 @@ def train(model: nn.Module, spec: ModelSpec, images: str, config: MetaTrainConfi
 
 @task(name="register-hypernet", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def register(name: str, version: str, directory: Path, spec: ModelSpec,
-             replay_images: str | None) -> RegisteredHypernet:
-    replay = None
-    if replay_images:
-        replay, _, _ = read_image_folder(Path(replay_images), spec, require_labels=False)
-    return register_hypernet(name, version, directory, replay)
+             preserved_images: str | None) -> RegisteredHypernet:
+    preserved = None
+    if preserved_images:
+        preserved = read_image_folder(Path(preserved_images), spec,
+                                      require_labels=False).pixels
+    return register_hypernet(name, version, directory, preserved)
 
 
 @flow(name="meta-train")
 def meta_train_flow(images: str, model: str | None = None, version: str | None = None,
                     settings: MetaTrainSettings | None = None,
-                    replay_images: str | None = None) -> RegisteredHypernet:
+                    preserved_images: str | None = None) -> RegisteredHypernet:
     """Train the hypernetwork of a base version (default: the champion's lineage root) on a
     folder of unlabeled images like production's, and store it with that version, with the
-    held-out images of ``replay_images`` as the lineage's replay pool if given."""
+    held-out images of ``preserved_images`` as the lineage's preserved pool if given."""
     settings = settings or MetaTrainSettings()
     config = get_settings()
     name = model or config.registered_model
     tracking_uri = config.resolved_mlflow_uri()
-    client = connect(tracking_uri).client
     if version is None:
-        champion = versions.by_alias(client, name, versions.CHAMPION)
-        if champion is None:
-            raise RegistryError(f"{name} has no champion: register a base model first")
-        version = champion.base_version
+        version = champion(name, tracking_uri).base_version
     base, spec, info = load_version(name, version, tracking_uri=tracking_uri)
     if info.kind != "base":
         raise RegistryError(f"{name} v{version} is an edit; hypernetworks are trained for the "
@@ -85,4 +80,4 @@ def meta_train_flow(images: str, model: str | None = None, version: str | None =
     out_dir = config.home / "hypernets" / f"{fingerprint(base)[:16]}-{meta.fingerprint()}"
     get_run_logger().info("meta-training for %s v%s into %s", name, version, out_dir)
     return register(name, version, train(base, spec, images, meta, out_dir), spec,
-                    replay_images)
+                    preserved_images)

@@ -2,8 +2,8 @@
 
 collect (monitoring) -> pin the champion, its hypernetwork and suite (registry) -> per error
 group: load its images, edit and check it alone (one task each, sharing a concurrency limit:
-one GPU; with the replay pool when replay is on) -> stack the accepted groups on the champion
--> export ONNX -> gate -> grow the suite with what was fixed -> register (challenger if the
+one GPU; with the preserved pool when the editor takes one) -> stack the accepted groups on
+the champion -> export ONNX -> gate -> grow the suite with what was fixed -> register (challenger if the
 gate passed) -> ledger -> optional promotion. A group that raises or fails its checks is
 reported and left out; I/O tasks retry.
 
@@ -16,6 +16,7 @@ so a Dask runner fans the edits out to its workers and nothing else.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,12 +33,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from monitoring import Collector, open_image_store, open_store
 from monitoring.collector import Collection
 from monitoring.images import ImageIntegrityError
-from registry import versions
-from registry.artifacts import GATE_JSON
-from registry.client import connect, first_line
-from registry.loading import load_version
-from registry.mlflow_registry import Registration, publish_edit
-from registry.promotion import promote
+from registry import VersionInfo, gate_report, load_version, publish_edit, promote, run_url
+from registry import version_by_key
+from registry.client import first_line
+from registry.mlflow_registry import Registration
 from registry.record import EditRunRecord
 from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
 from vitedit_ops.export import ExportResult, export_onnx
@@ -47,13 +46,13 @@ from vitedit_ops.settings import get_settings
 
 from .combine import Combination, combine
 from .config import EditSettings, idempotency_key
-from .edits import ERROR, GroupImages, GroupOutcome, edit_group, load_group_images
+from .edits import GroupImages, GroupOutcome, edit_group, load_group_images
 from .fixes import Fixes, fixed_images, grow_suite
 from .lineage import ChampionContext, ChampionRef, champion_context, resolve_champion
+from .preserved import PreservedPool, build_preserved_pool
 from .record import build_record
-from .replay import ReplayPool, build_replay_pool
 from .reporting import (ALREADY_REGISTERED, FAILED, NO_GROUP_ACCEPTED, NOTHING_TO_EDIT,
-                        REGISTERED, NightlyResult, group_rows, publish_artifacts, run_url)
+                        REGISTERED, NightlyResult, group_rows, publish_artifacts)
 
 EDIT_LIMIT = "vitedit-edit"
 PROMOTED_BY = "nightly-edit"
@@ -99,8 +98,8 @@ def pin_champion(model: str, tracking_uri: str) -> ChampionRef:
 
 
 @task(name="find-registered", **IO)
-def find_registered(ref: ChampionRef, key: str) -> versions.VersionInfo | None:
-    return versions.ready_by_key(connect(ref.tracking_uri).client, ref.name, key)
+def find_registered(ref: ChampionRef, key: str) -> VersionInfo | None:
+    return version_by_key(ref.name, key, ref.tracking_uri)
 
 
 @task(name="load-group-images", **IO)
@@ -108,22 +107,28 @@ def load_images(ref: ChampionRef, group: ErrorGroup) -> GroupImages:
     return load_group_images(champion_context(ref), group, open_image_store())
 
 
-@task(name="build-replay-pool", **IO)
-def replay_pool(ref: ChampionRef, since: datetime, limit: int) -> ReplayPool:
+@task(name="build-preserved-pool", **IO)
+def preserved_pool(ref: ChampionRef, since: datetime, limit: int) -> PreservedPool:
     store = open_store()
     try:
-        return build_replay_pool(champion_context(ref), store, open_image_store(), since, limit)
+        return build_preserved_pool(champion_context(ref), store, open_image_store(), since,
+                                    limit)
     finally:
         store.close()
 
 
 @task(name="edit-group", cache_policy=NO_CACHE)
 def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: str | None,
-         limit: str, replay: ReplayPool | None) -> GroupOutcome:
+         limit: str, preserved: PreservedPool | None) -> GroupOutcome:
     """Edit one group while holding a slot of the shared limit (one per GPU)."""
     context = champion_context(ref)  # downloading is not GPU work: outside the slot
     with concurrency(limit, occupy=1, strict=True):
-        return edit_group(context, images, settings, device, replay)
+        outcome = edit_group(context, images, settings, device, preserved)
+    e = outcome.edit
+    get_run_logger().info("group %s (%d edit / %d held-out images): %s in %d steps%s",
+                          e.key, e.num_edit_images, e.num_heldout_images, e.outcome, e.steps,
+                          f"; {e.note}" if e.note else "")
+    return outcome
 
 
 @task(name="combine-groups", cache_policy=NO_CACHE)
@@ -140,7 +145,7 @@ def export_candidate(ref: ChampionRef, combination: Combination, workdir: Path) 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResult,
-                   config: GateConfig, replay: ReplayPool | None) -> GateReport:
+                   config: GateConfig, preserved: PreservedPool | None) -> GateReport:
     """The gate on exactly the ONNX file that will be registered."""
     context = champion_context(ref)
     images = [o.images for o, _ in combination.applied]
@@ -152,7 +157,7 @@ def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResul
         heldout_labels=torch.cat([i.heldout_labels for i in images]),
         onnx_path=onnx.path, edited_params=combination.edited_params,
         lineage_fingerprint=context.root_fingerprint,
-        replay_hashes=replay.hashes if replay is not None else None)
+        preserved_hashes=preserved.hashes if preserved is not None else None)
 
 
 @task(name="register-challenger", retries=2, retry_delay_seconds=[5, 20],
@@ -160,18 +165,15 @@ def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResul
 def register(record: EditRunRecord, tracking_uri: str) -> tuple[Registration, str]:
     """Log and register (idempotent on the record's key); returns the MLflow run's URL."""
     registration = publish_edit(record, tracking_uri)
-    return registration, _url(tracking_uri, registration.run_id)
+    return registration, run_url(registration.run_id, tracking_uri)
 
 
 @task(name="registered-version", **IO)
-def registered_version(ref: ChampionRef, info: versions.VersionInfo
+def registered_version(ref: ChampionRef, info: VersionInfo
                        ) -> tuple[torch.nn.Module, GateReport, str]:
     """A version this night already registered: its weights, gate report and URL."""
     model, _, _ = load_version(ref.name, info.version, tracking_uri=ref.tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = connect(ref.tracking_uri).client.download_artifacts(info.run_id, GATE_JSON, tmp)
-        report = GateReport.from_json(Path(path).read_text())
-    return model, report, _url(ref.tracking_uri, info.run_id)
+    return model, gate_report(info, ref.tracking_uri), run_url(info.run_id, ref.tracking_uri)
 
 
 @task(name="record-ledger", **IO)
@@ -191,12 +193,22 @@ def promote_challenger(run_id: str, tracking_uri: str) -> bool:
                    tracking_uri=tracking_uri) is not None
 
 
-def _url(tracking_uri: str, run_id: str) -> str:
-    experiment = connect(tracking_uri).client.get_run(run_id).info.experiment_id
-    return run_url(tracking_uri, experiment, run_id)
-
-
 # -- the flow ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NightPlan:
+    """Everything a night is asked to do, fixed when the flow starts."""
+
+    model: str
+    tracking_uri: str
+    since: datetime
+    settings: EditSettings
+    gate: GateConfig
+    auto_promote: bool
+    device: str | None
+    edit_limit: str
+    edit_slots: int
+
+
 @flow(name="nightly-edit", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
                  edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
@@ -209,46 +221,71 @@ def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
     gate passed the champion at once; ``edit_limit`` is the global concurrency limit the
     edit tasks share (created with ``edit_slots`` slots if missing: one per GPU).
     """
-    settings = edit_settings or EditSettings()
     config = get_settings()
-    result = NightlyResult(model or config.registered_model, NOTHING_TO_EDIT,
-                           flow_run_id=str(flow_run.id))
+    plan = NightPlan(model or config.registered_model, config.resolved_mlflow_uri(),
+                     datetime.now(UTC) - timedelta(days=lookback_days),
+                     edit_settings or EditSettings(), GateConfig.from_mapping(gate or {}),
+                     auto_promote, device, edit_limit, edit_slots)
+    result = NightlyResult(plan.model, NOTHING_TO_EDIT, flow_run_id=str(flow_run.id))
+    progress = [result]  # the latest result, for the report if a step raises
     try:
-        _night(result, config.resolved_mlflow_uri(), lookback_days, settings,
-               GateConfig.from_mapping(gate or {}), auto_promote, device, edit_limit,
-               edit_slots)
+        result = _night(plan, progress)
     except Exception as exc:
-        result.status, result.error = FAILED, first_line(exc)
-        publish_artifacts(result)
+        publish_artifacts(replace(progress[-1], status=FAILED, error=first_line(exc)))
         raise
     publish_artifacts(result)
     return result
 
 
-def _night(result: NightlyResult, tracking_uri: str, lookback_days: float,
-           settings: EditSettings, gate_config: GateConfig, auto_promote: bool,
-           device: str | None, limit: str, slots: int) -> None:
-    since = datetime.now(UTC) - timedelta(days=lookback_days)
-    collection = collect_errors(result.model, since, settings)
-    result.collected = collection.summary.to_dict()
-    groups = list(collection.groups[:settings.max_groups])
+def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
+    """The night's steps; each new result is appended to ``progress`` as it is known."""
+    def known(result: NightlyResult) -> NightlyResult:
+        progress.append(result)
+        return result
+
+    collection = collect_errors(plan.model, plan.since, plan.settings)
+    result = known(replace(progress[-1], collected=collection.summary.to_dict()))
+    groups = list(collection.groups[:plan.settings.max_groups])
     if not groups:
-        return
-    ref = pin_champion(result.model, tracking_uri)
+        return result
+    ref = pin_champion(plan.model, plan.tracking_uri)
     context = champion_context(ref)
     ids = [r.record_id or r.sha256 for g in groups for r in (*g.edit_images, *g.heldout_images)]
-    result.champion_version, result.drift = ref.version, context.drift
-    result.key = idempotency_key(result.model, ref.version, context.info.fingerprint, ids,
-                                 settings, gate_config.to_dict())
+    key = idempotency_key(plan.model, ref.version, context.info.fingerprint, ids,
+                          plan.settings, plan.gate.to_dict())
+    result = known(replace(result, champion_version=ref.version, drift=context.drift, key=key))
     get_run_logger().info("champion v%s, %d group(s), key %s; %s", ref.version, len(groups),
-                          result.key, context.drift.summary())
+                          key, context.drift.summary())
     loaded = _load_all(ref, groups)
-    existing = find_registered(ref, result.key)
+    existing = find_registered(ref, key)
     if existing is not None:
-        _recover(result, ref, context, existing, loaded, auto_promote)
-    else:
-        _edit_and_register(result, ref, context, loaded, settings, gate_config, device, limit,
-                           slots, auto_promote, since)
+        return _recover(plan, result, ref, context, existing, loaded)
+    ensure_limit(plan.edit_limit, plan.edit_slots)
+    preserved = preserved_pool(ref, plan.since, plan.settings.preserved_limit) \
+        if plan.settings.uses_preserved else None
+    outcomes = _edit_all(plan, ref, loaded, preserved)
+    result = known(replace(result, groups=group_rows(outcomes)))
+    if not any(o.accepted for o in outcomes):
+        return replace(result, status=NO_GROUP_ACCEPTED)
+    combination = combine_groups(ref, outcomes, plan.settings)
+    result = known(replace(result, groups=group_rows(combination.outcomes)))
+    if not combination.applied:
+        return replace(result, status=NO_GROUP_ACCEPTED)
+    with tempfile.TemporaryDirectory(prefix="vitedit-nightly-") as tmp:
+        workdir = Path(tmp)
+        onnx = export_candidate(ref, combination, workdir)
+        report = gate_candidate(ref, combination, onnx, plan.gate, preserved)
+        fixes = fixed_images(combination.model, context,
+                             [o.images for o, _ in combination.applied],
+                             [o.key for o, _ in combination.applied])
+        suite_dir = grow_suite(context, fixes, key[:24], workdir) if report.passed else None
+        record = build_record(context, combination, report, onnx, suite_dir, key,
+                              plan.settings, plan.gate)
+        registration, url = register(record, ref.tracking_uri)
+    result = known(replace(result, status=REGISTERED, gate=report, run_url=url,
+                           created=registration.created))
+    return _finish(plan, result, registration.version, registration.run_id,
+                   registration.gate_passed, registration.aliases, fixes)
 
 
 def _load_all(ref: ChampionRef, groups: list[ErrorGroup]
@@ -257,6 +294,21 @@ def _load_all(ref: ChampionRef, groups: list[ErrorGroup]
     futures = [(g, load_images.with_options(task_run_name=f"images {g.key}").submit(ref, g))
                for g in groups]
     return [(g, _value_or_error(f)) for g, f in futures]
+
+
+def _edit_all(plan: NightPlan, ref: ChampionRef,
+              loaded: list[tuple[ErrorGroup, GroupImages | str]],
+              preserved: PreservedPool | None) -> list[GroupOutcome]:
+    """Every group's outcome, in collection order: edited, or the error that stopped it."""
+    futures = {g.key: edit.with_options(task_run_name=f"edit {g.key}").submit(
+                   ref, images, plan.settings, plan.device, plan.edit_limit, preserved)
+               for g, images in loaded if isinstance(images, GroupImages)}
+    outcomes = []
+    for group, images in loaded:
+        outcome = _value_or_error(futures[group.key]) if group.key in futures else images
+        outcomes.append(outcome if isinstance(outcome, GroupOutcome)
+                        else GroupOutcome.failed(group, str(outcome)))
+    return outcomes
 
 
 def _value_or_error(future: PrefectFuture) -> object:
@@ -268,75 +320,33 @@ def _value_or_error(future: PrefectFuture) -> object:
     return first_line(error) if isinstance(error, BaseException) else str(state.message)
 
 
-def _edit_and_register(result: NightlyResult, ref: ChampionRef, context: ChampionContext,
-                       loaded: list[tuple[ErrorGroup, GroupImages | str]],
-                       settings: EditSettings, gate_config: GateConfig, device: str | None,
-                       limit: str, slots: int, auto_promote: bool, since: datetime) -> None:
-    ensure_limit(limit, slots)
-    replay = replay_pool(ref, since, settings.replay_limit) if settings.uses_replay else None
-    futures = {g.key: edit.with_options(task_run_name=f"edit {g.key}").submit(
-                   ref, images, settings, device, limit, replay)
-               for g, images in loaded if isinstance(images, GroupImages)}
-    outcomes = []
-    for group, images in loaded:
-        outcome = _value_or_error(futures[group.key]) if group.key in futures else images
-        outcomes.append(outcome if isinstance(outcome, GroupOutcome)
-                        else GroupOutcome(group, ERROR, f"raised: {outcome}"))
-    result.groups = group_rows(outcomes, {})
-    if not any(o.accepted for o in outcomes):
-        result.status = NO_GROUP_ACCEPTED
-        return
-    combination = combine_groups(ref, outcomes, settings)
-    result.groups = group_rows(outcomes, combination.left_out)
-    if not combination.applied:
-        result.status = NO_GROUP_ACCEPTED
-        return
-    with tempfile.TemporaryDirectory(prefix="vitedit-nightly-") as tmp:
-        workdir = Path(tmp)
-        onnx = export_candidate(ref, combination, workdir)
-        report = gate_candidate(ref, combination, onnx, gate_config, replay)
-        fixes = fixed_images(combination.model, context, [o.images for o, _ in
-                                                          combination.applied],
-                             [o.key for o, _ in combination.applied])
-        suite_dir = grow_suite(context, fixes, result.key[:24], workdir) if report.passed \
-            else None
-        record = build_record(context, outcomes, combination, report, onnx, suite_dir,
-                              result.key, settings, gate_config)
-        registration, url = register(record, ref.tracking_uri)
-    result.status, result.gate, result.run_url = REGISTERED, report, url
-    _finish(result, registration.version, registration.run_id, registration.gate_passed,
-            registration.aliases, fixes, auto_promote, ref.tracking_uri)
-    result.created = registration.created
-
-
-def _recover(result: NightlyResult, ref: ChampionRef, context: ChampionContext,
-             info: versions.VersionInfo, loaded: list[tuple[ErrorGroup, GroupImages | str]],
-             auto_promote: bool) -> None:
+def _recover(plan: NightPlan, result: NightlyResult, ref: ChampionRef,
+             context: ChampionContext, info: VersionInfo,
+             loaded: list[tuple[ErrorGroup, GroupImages | str]]) -> NightlyResult:
     """This night's version exists (an earlier attempt registered it): finish its work."""
     model, report, url = registered_version(ref, info)
-    applied = info.tags.get(versions.EDITED_GROUPS, "").split(",")
+    applied = info.edited_groups
     fixes = fixed_images(model, context, [i for _, i in loaded if isinstance(i, GroupImages)],
                          applied)
-    result.status, result.gate, result.run_url = ALREADY_REGISTERED, report, url
-    result.groups = [{"group": g.key, "edit": len(g.edit_images),
-                      "heldout": len(g.heldout_images),
-                      "outcome": "applied" if g.key in applied else "not applied",
-                      "note": f"registered earlier as v{info.version}"} for g, _ in loaded]
-    _finish(result, info.version, info.run_id, info.gate_passed, info.aliases, fixes,
-            auto_promote, ref.tracking_uri)
+    rows = [{"group": g.key, "edit": len(g.edit_images), "heldout": len(g.heldout_images),
+             "outcome": "applied" if g.key in applied else "not applied",
+             "note": f"registered earlier as v{info.version}"} for g, _ in loaded]
+    result = replace(result, status=ALREADY_REGISTERED, gate=report, run_url=url, groups=rows)
+    return _finish(plan, result, info.version, info.run_id, info.gate_passed, info.aliases,
+                   fixes)
 
 
-def _finish(result: NightlyResult, version: str, run_id: str, gate_passed: bool,
-            aliases: tuple[str, ...], fixes: Fixes, auto_promote: bool,
-            tracking_uri: str) -> None:
+def _finish(plan: NightPlan, result: NightlyResult, version: str, run_id: str,
+            gate_passed: bool, aliases: tuple[str, ...], fixes: Fixes) -> NightlyResult:
     """Ledger and promotion, both only for a version whose gate passed."""
-    result.version, result.run_id, result.gate_passed = version, run_id, gate_passed
-    result.aliases = aliases
+    result = replace(result, version=version, run_id=run_id, gate_passed=gate_passed,
+                     aliases=aliases)
     if not gate_passed:
-        return
-    result.ledger_rows = record_ledger(run_id, version, fixes.prediction_ids)
-    if auto_promote:
-        result.promoted = promote_challenger(run_id, tracking_uri)
+        return result
+    result = replace(result, ledger_rows=record_ledger(run_id, version, fixes.prediction_ids))
+    if plan.auto_promote:
+        result = replace(result, promoted=promote_challenger(run_id, plan.tracking_uri))
+    return result
 
 
 def ensure_limit(name: str, slots: int) -> None:

@@ -3,38 +3,30 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from registry.record import GENERALIZATION, LOCALITY, EditRunRecord, GroupEdit
+from registry.record import GENERALIZATION, LOCALITY, EditRunRecord
 from vitedit_ops.export import ExportResult
 from vitedit_ops.gate import GateConfig, GateReport
 from vitedit_ops.metrics import predict_logits
 
 from .combine import Combination
 from .config import EditSettings
-from .edits import GroupOutcome
 from .lineage import ChampionContext
 
 ACCURACY = "suite_accuracy"
 
 
-def build_record(context: ChampionContext, outcomes: list[GroupOutcome],
-                 combination: Combination, report: GateReport, onnx: ExportResult,
-                 suite_dir: Path | None, key: str, settings: EditSettings,
+def build_record(context: ChampionContext, combination: Combination, report: GateReport,
+                 onnx: ExportResult, suite_dir: Path | None, key: str, settings: EditSettings,
                  gate: GateConfig) -> EditRunRecord:
     """Everything the registry logs: applied patches in order, every group's metrics."""
-    applied = {o.key: patch for o, patch in combination.applied}
-    groups = [GroupEdit(key=o.key, num_edit_images=len(o.group.edit_images),
-                        num_heldout_images=len(o.group.heldout_images),
-                        patch=applied.get(o.key), success=o.after.get("reliability") == 1.0,
-                        steps=o.steps, seconds=o.seconds, before=_group_metrics(o.before),
-                        after=_group_metrics(o.after), mask_scores=o.mask_scores,
-                        kept_units=o.kept_units,
-                        note=combination.left_out.get(o.key, o.note))
-              for o in outcomes]
+    groups = [replace(o.edit, before=_finite(o.edit.before), after=_finite(o.edit.after))
+              for o in combination.outcomes]
     suite = context.suite
     after = predict_logits(combination.model, suite.inputs(suite.pixels)).argmax(-1)
     heldout = [(o.images.heldout_pixels, o.images.heldout_labels)
@@ -54,7 +46,7 @@ def build_record(context: ChampionContext, outcomes: list[GroupOutcome],
         notes=f"Drift from the lineage root: {context.drift.summary()}.")
 
 
-def _group_metrics(values: dict[str, float]) -> dict[str, float]:
+def _finite(values: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in values.items() if not math.isnan(v)}
 
 

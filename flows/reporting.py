@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from vitedit_ops.gate import GateReport
+
+from vitedit_ops.settings import get_settings
 
 from .edits import GroupOutcome
 from .lineage import Drift
@@ -25,12 +28,12 @@ ALREADY_REGISTERED = "already-registered"
 FAILED = "failed"
 GROUPS_ARTIFACT = "nightly-edit-groups"
 GATE_ARTIFACT = "nightly-edit-gate"
-DEFAULT_UI = "http://127.0.0.1:5000"
 
 
-@dataclass
+@dataclass(frozen=True)
 class NightlyResult:
-    """One night, as the flow returns it and the CLI/demo print it."""
+    """One night, as the flow returns it and the CLI/demo print it (each step of the flow
+    returns a new one with what it learned)."""
 
     model: str
     status: str
@@ -68,19 +71,18 @@ class NightlyResult:
                 f"v{self.champion_version}, gate {verdict}{promoted}")
 
 
-def group_rows(outcomes: list[GroupOutcome], left_out: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per group for the table artifact and the CLI."""
+def group_rows(outcomes: list[GroupOutcome]) -> list[dict[str, Any]]:
+    """One row per group for the table artifact and the CLI (image counts as edited)."""
     rows = []
     for o in outcomes:
-        status = "left out" if o.key in left_out else o.status
-        note = left_out.get(o.key, o.note)
+        e = o.edit
         rows.append({
-            "group": o.key, "edit": len(o.group.edit_images),
-            "heldout": len(o.group.heldout_images), "outcome": status, "steps": o.steps,
-            "reliability": _num(o.after.get("reliability")),
-            "generalization": f"{_fmt(o.before.get('generalization'))} -> "
-                              f"{_fmt(o.after.get('generalization'))}",
-            "locality": _num(o.after.get("locality")), "worker": o.worker, "note": note})
+            "group": e.key, "edit": e.num_edit_images, "heldout": e.num_heldout_images,
+            "outcome": e.outcome, "steps": e.steps,
+            "reliability": _num(e.after.get("reliability")),
+            "generalization": f"{_fmt(e.before.get('generalization'))} -> "
+                              f"{_fmt(e.after.get('generalization'))}",
+            "locality": _num(e.after.get("locality")), "worker": e.worker, "note": e.note})
     return rows
 
 
@@ -92,17 +94,12 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a person opens the run: the server itself, or ``mlflow ui`` on the embedded DB."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) \
-        else DEFAULT_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def mlflow_ui_command(tracking_uri: str) -> str:
+    """How a person opens the MLflow UI on this store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        return f"open {get_settings().resolved_mlflow_ui_url()}"
+    port = urlparse(get_settings().resolved_mlflow_ui_url()).port or 5000
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}"
 
 
 def publish_artifacts(result: NightlyResult) -> None:

@@ -10,8 +10,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from registry.base import register_base
-from vitedit_ops.cli.gate import read_image_folder
 from vitedit_ops.gate import build_suite
+from vitedit_ops.imagefiles import read_image_folder
 from vitedit_ops.metrics import DEFAULT_SENSITIVE_MARGIN, DEFAULT_SENSITIVE_MIN
 from vitedit_ops.models import load_model
 
@@ -20,8 +20,8 @@ from vitedit_ops.models import load_model
 def write_suite(checkpoint: str, images: str, out: str, sensitive_margin: float,
                 sensitive_min: int) -> dict[str, Any]:
     model, spec = load_model(checkpoint)
-    pixels, labels, ids = read_image_folder(Path(images), spec, require_labels=False)
-    return build_suite(out, model, spec, pixels, labels, ids, sensitive_margin,
+    found = read_image_folder(Path(images), spec, require_labels=False)
+    return build_suite(out, model, spec, found.pixels, found.labels, found.ids, sensitive_margin,
                        sensitive_min).summary()
 
 

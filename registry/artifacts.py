@@ -59,7 +59,7 @@ def mask_plot(weight_name: str) -> str:
 
 
 def write_weights(model: nn.Module, spec: ModelSpec, root: Path) -> None:
-    """Full weights + timm spec: what ``load_champion`` rebuilds an editable model from."""
+    """Full weights + timm spec: what ``loading.load_version`` rebuilds an editable model from."""
     save_model(model, spec, root / WEIGHTS)
 
 
@@ -122,7 +122,8 @@ def summary(record: EditRunRecord, candidate_fingerprint: str) -> dict[str, Any]
     groups = []
     accepted_index = 0
     for group in record.groups:
-        entry = {"key": group.key, "accepted": group.accepted, "success": group.success,
+        entry = {"key": group.key, "accepted": group.accepted, "outcome": group.outcome,
+                 "success": group.success, "worker": group.worker,
                  "num_edit_images": group.num_edit_images,
                  "num_heldout_images": group.num_heldout_images, "steps": group.steps,
                  "seconds": group.seconds, "before": group.before, "after": group.after,

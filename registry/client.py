@@ -43,10 +43,6 @@ class Connection:
     tracking_uri: str
     artifact_root: Path | None
 
-    @property
-    def is_server(self) -> bool:
-        return self.tracking_uri.startswith(("http://", "https://"))
-
 
 def connect(tracking_uri: str | None = None) -> Connection:
     """A client on ``tracking_uri`` (default: the settings'); raises

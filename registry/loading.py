@@ -28,24 +28,9 @@ def model_uri(name: str | None = None, alias: str = CHAMPION) -> str:
     return f"models:/{name}@{alias}"
 
 
-def champion_onnx_uri(name: str | None = None) -> str:
-    return model_uri(name, CHAMPION)
-
-
-def load_champion(name: str | None = None, alias: str = CHAMPION,
-                  tracking_uri: str | None = None) -> tuple[nn.Module, ModelSpec, VersionInfo]:
-    """The alias's version as an editable timm model (eval mode), its spec and its tags."""
-    name = versions.check_safe(name or get_settings().registered_model, "registered model name")
-    conn = connect(tracking_uri)
-    info = versions.by_alias(conn.client, name, alias)
-    if info is None:
-        raise RegistryError(f"{name} has no {alias}: run `vitedit-ops register-base` first")
-    return (*_load_weights(conn, info), info)
-
-
 def load_version(name: str, version: str,
                  tracking_uri: str | None = None) -> tuple[nn.Module, ModelSpec, VersionInfo]:
-    """Like ``load_champion`` for an explicit version number."""
+    """A version as an editable timm model (eval mode), its spec and its tags."""
     conn = connect(tracking_uri)
     info = versions.get(conn.client, versions.check_safe(name, "registered model name"), version)
     return (*_load_weights(conn, info), info)

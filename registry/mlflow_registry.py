@@ -50,12 +50,6 @@ def publish_edit(record: EditRunRecord, tracking_uri: str | None = None) -> Regi
     return register_run(run_id, tracking_uri=conn.tracking_uri)
 
 
-def log_edit_run(record: EditRunRecord, tracking_uri: str | None = None) -> str:
-    """Log ``record`` as a run (no registration); return the run id."""
-    candidate = record.validate()
-    return _log_edit(connect(tracking_uri), record, candidate)
-
-
 def _log_edit(conn: Connection, record: EditRunRecord, candidate: str) -> str:
     exp = experiment_id(conn, record.registered_model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from vitedit_ops.patch import Patch
 
 GENERALIZATION = "generalization"
 LOCALITY = "locality"
+ACCEPTED, REJECTED, LEFT_OUT, ERROR = "accepted", "rejected", "left out", "error"
 
 
 @dataclass
@@ -33,15 +34,18 @@ class GroupEdit:
     """One error group of the run: its images, its edit (if accepted) and its metrics.
 
     ``patch is None`` means the group was tried but not accepted into the model; accepted
-    groups' patches are applied in the order of ``EditRunRecord.groups``. ``before``/``after``
-    hold metrics such as ``generalization`` (GR) and ``locality`` (LR) measured before and
-    after this group's edit.
+    groups' patches are applied in the order of ``EditRunRecord.groups``. ``outcome`` says
+    which: accepted, rejected by its own checks, left out when stacked with others, or an
+    error. ``before``/``after`` hold metrics such as ``generalization`` (GR) and ``locality``
+    (LR) measured before and after this group's edit; the image counts are those the edit and
+    its checks used.
     """
 
     key: str
     num_edit_images: int
     num_heldout_images: int
     patch: Patch | None
+    outcome: str = ACCEPTED
     success: bool = False
     steps: int = 0
     seconds: float = 0.0
@@ -50,6 +54,7 @@ class GroupEdit:
     mask_scores: dict[str, torch.Tensor] | None = None
     kept_units: dict[str, torch.Tensor] = field(default_factory=dict)
     note: str = ""
+    worker: str = ""
 
     @classmethod
     def from_result(cls, key: str, result: EditResult, num_heldout_images: int,
@@ -59,7 +64,8 @@ class GroupEdit:
         for the record but its patch out of the model."""
         return cls(key=key, num_edit_images=len(result.labels),
                    num_heldout_images=num_heldout_images,
-                   patch=result.patch if accepted else None, success=result.success,
+                   patch=result.patch if accepted else None,
+                   outcome=ACCEPTED if accepted else REJECTED, success=result.success,
                    steps=result.steps, seconds=result.seconds, before=dict(before),
                    after=dict(after), mask_scores=result.mask_scores,
                    kept_units=dict(result.kept_units), note=note)
@@ -67,6 +73,10 @@ class GroupEdit:
     @property
     def accepted(self) -> bool:
         return self.patch is not None
+
+    def left_out(self, why: str) -> GroupEdit:
+        """This group, taken back out of the model when stacked with others."""
+        return replace(self, patch=None, outcome=LEFT_OUT, note=why)
 
     @property
     def slug(self) -> str:

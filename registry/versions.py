@@ -119,8 +119,9 @@ class VersionInfo:
         return self.tags.get(GATE) == "passed"
 
     @property
-    def patch_sha256s(self) -> list[str]:
-        value = self.tags.get(PATCH_SHA256, "")
+    def edited_groups(self) -> list[str]:
+        """Keys of the groups the version's patches fixed, in application order."""
+        value = self.tags.get(EDITED_GROUPS, "")
         return value.split(",") if value else []
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import InvalidInputError
+from .registries import Registry
 
 
 @dataclass
@@ -26,21 +28,13 @@ class EpisodeBatch:
 
 
 EpisodeSampler = Callable[[int, torch.Generator], EpisodeBatch]
-_EPISODE_KINDS: dict[str, Callable[..., EpisodeSampler]] = {}
+EPISODES: Registry[Callable[..., EpisodeSampler]] = Registry("episode kind")
+register_episodes = EPISODES.register
 
 
-def register_episodes(name: str) -> Callable:
-    def wrap(builder: Callable[..., EpisodeSampler]) -> Callable[..., EpisodeSampler]:
-        _EPISODE_KINDS[name] = builder
-        return builder
-    return wrap
-
-
-def create_episodes(name: str, **kwargs) -> EpisodeSampler:
-    if name not in _EPISODE_KINDS:
-        raise InvalidInputError(f"unknown episode kind {name!r}; available: "
-                                f"{', '.join(sorted(_EPISODE_KINDS))}")
-    return _EPISODE_KINDS[name](**kwargs)
+def create_episodes(name: str, **kwargs: Any) -> EpisodeSampler:
+    """The sampler of episode kind ``name``, built with ``kwargs``."""
+    return EPISODES.get(name)(**kwargs)
 
 
 def patch_grid(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:

@@ -124,9 +124,6 @@ class Patch:
     def units_per_param(self) -> dict[str, int]:
         return {e.param: e.units for e in self.entries}
 
-    def delta_norm(self) -> float:
-        return float(sum(((e.after - e.before).double() ** 2).sum() for e in self.entries) ** 0.5)
-
     # -- persistence ------------------------------------------------------------------------
     def _tensors_and_header(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors: dict[str, torch.Tensor] = {}

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     store_url: str | None = Field(None, description="SQLAlchemy URL of the monitoring store.")
     image_store_url: str | None = Field(None, description="fsspec URL of the image store.")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI.")
+    mlflow_ui_url: str | None = Field(None, description="Where people open the MLflow UI "
+                                      "(links in reports); default: the tracking server, or "
+                                      "http://127.0.0.1:5000 for an embedded store.")
     registered_model: str = Field("vitedit-reference", description="Registered model name.")
     seed: int = 0
 
@@ -44,6 +47,13 @@ class Settings(BaseSettings):
 
     def resolved_mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def resolved_mlflow_ui_url(self) -> str:
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        uri = self.resolved_mlflow_uri()
+        return uri.rstrip("/") if uri.startswith(("http://", "https://")) \
+            else "http://127.0.0.1:5000"
 
     def mlflow_artifact_root(self) -> Path:
         return self.home / "mlartifacts"

@@ -1,8 +1,8 @@
 """The demo's two production days, cut from the reference data's pools.
 
 Clean traffic comes from the validation pool and part of the train pool, never from the
-locality pool (the gate suite) or the replay pool (registered with the base for editors that
-replay); each day also brings a shifted subpopulation the model was not trained for:
+locality pool (the gate suite) or the preserved pool (registered with the base: held-out
+images every edit must keep); each day also brings a shifted subpopulation the model was not trained for:
 digits written with a thick pen (thickened strokes), each day from its own half of the shift
 pool.
 Requests are shuffled so a day mixes them, as production does.
@@ -14,7 +14,9 @@ import torch
 
 from vitedit_ops.reference import ReferenceData, apply_shift
 
-from .serving import Request, png
+from vitedit_ops.imagefiles import png_bytes as png
+
+from .serving import Request
 
 CLEAN_TRAIN = 100
 DAYS: dict[int, tuple[str, int]] = {1: ("thicken", 11), 2: ("translate", 12)}  # shift, seed

@@ -7,7 +7,6 @@ ONNX file registered under ``models:/NAME@champion``, and logged through the mon
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from PIL import Image
 
 from monitoring import MonitoringStore, PredictionLogger
 from monitoring.feedback import submit_feedback
@@ -30,14 +28,6 @@ from vitedit_ops.preprocess import Preprocessor, open_image
 
 TOP_K = 3
 BATCH = 64
-
-
-def png(pixels: torch.Tensor) -> bytes:
-    """A (C, H, W) image in [0, 1] as the PNG a client would upload."""
-    array = (pixels.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

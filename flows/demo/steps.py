@@ -11,6 +11,7 @@ from rich.table import Table
 
 from monitoring import PredictionLogger, open_image_store, open_store
 from registry.base import register_base
+from registry.lineage_assets import register_hypernet
 from registry.promotion import promote
 from vitedit_ops.gate import build_suite
 from vitedit_ops.reference import Reference, build_reference, hypernet_path, load_reference
@@ -19,7 +20,6 @@ from vitedit_ops.settings import get_settings
 
 from ..config import EditSettings
 from ..display import print_night
-from ..hypernets import register_hypernet
 from ..nightly import nightly_edit
 from ..reporting import NightlyResult, mlflow_ui_command
 from .scenario import DAYS, day_requests
@@ -74,7 +74,7 @@ class Demo:
 
     def register_base(self) -> None:
         """Suite from the locality pool; base registered (v1, champion) with its hypernetwork
-        and held-out replay pool."""
+        and held-out preserved pool."""
         ref = self.ref
         suite_dir = self.settings.home / "suite"
         pool = ref.data.locality
@@ -85,7 +85,7 @@ class Demo:
         registration = register_base(self.reference_dir / ref.card.weights, suite_dir,
                                      name=self.name, tracking_uri=self.tracking_uri)
         register_hypernet(self.name, registration.version,
-                          hypernet_path(ref.card, self.reference_dir), ref.data.replay.pixels,
+                          hypernet_path(ref.card, self.reference_dir), ref.data.preserved.pixels,
                           self.tracking_uri)
         store = open_store()
         try:

@@ -86,7 +86,7 @@ def test_editing_pools_are_disjoint_from_evaluation_sets(trained_reference):
     reference, _d, _h = trained_reference
     setting = build_setting(reference.model, reference.spec, reference.data)
     group_ids = [i for g in setting.evals.groups for i in g.ids]
-    assert_disjoint({"locality": reference.data.locality, "replay": reference.data.replay,
+    assert_disjoint({"locality": reference.data.locality, "preserved": reference.data.preserved,
                      "train": reference.data.train, "groups": group_ids})
     assert not math.isnan(setting.pools["sensitive"])
 

@@ -26,7 +26,7 @@ def test_localized_editor_fixes_a_real_error_group_and_generalizes(trained_refer
     base = fingerprint(model)
 
     result = create_editor("localized", hypernet=hypernet,  # the product defaults
-                           replay_pool=pre.normalize(data.replay.pixels)).edit(model, edit,
+                           preserved=pre.normalize(data.preserved.pixels)).edit(model, edit,
                                                                                labels)
     assert result.success and result.reliability == 1.0
     assert (result.predictions_before != labels).all()  # these were real errors

@@ -65,7 +65,7 @@ def test_null_space_edit_keeps_preserved_images_closer_than_a_free_edit(vit, bat
     drift = {}
     for energy in (0.0, 0.99):
         editor = create_editor("random_mask", window=(1, 2), keep_fraction=0.5, lr=1e-3,
-                               max_steps=30, ce_target=1e-6, replay_pool=preserved,
+                               max_steps=30, ce_target=1e-6, preserved=preserved,
                                null_space_energy=energy)
         result = editor.edit(vit, images, labels)
         assert result.settings["null_space_energy"] == energy and result.success
@@ -103,12 +103,3 @@ def test_localized_editor_jitters_single_image_edits_only(vit, batch):
     wide = create_editor("localized", hypernet=hypernet, lr=1e-2, max_steps=5, jitter_copies=4,
                          jitter_max_images=3).edit(vit, images, labels)
     assert wide.settings["jitter_copies"] == 4
-
-
-def test_flat_optimiser_keys_keep_the_editors_own_defaults(vit):
-    from vitedit_ops.editors import default_optim
-
-    editor = create_editor("localized", hypernet=new_hypernet(vit, edit_window(vit)),
-                           max_steps=7)
-    assert editor.optim.max_steps == 7 and editor.optim.lr == default_optim("localized").lr
-    assert default_optim("localized").lr != default_optim("window_ft").lr

@@ -129,7 +129,7 @@ def test_replay_term_holds_replay_predictions_closer_to_the_original(vit, batch)
 
     def drift(weight):
         editor = create_editor("random_mask", keep_fraction=0.5, lr=3e-2, max_steps=15,
-                               ce_target=-1.0, replay_pool=pool, replay_weight=weight,
+                               ce_target=-1.0, preserved=pool, replay_weight=weight,
                                replay_scope="all")
         result = editor.edit(vit, *batch)
         result.patch.apply(vit)

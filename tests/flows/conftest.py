@@ -143,7 +143,7 @@ class Night:
     def serve_images(self, pixels: torch.Tensor, labels: torch.Tensor,
                      predicted: torch.Tensor, ids: list[str], when: datetime) -> None:
         """Log predictions of ``pixels`` (through the serving logger) and their labels."""
-        from flows.demo.serving import png
+        from vitedit_ops.imagefiles import png_bytes as png
         from monitoring import PredictionLogger, open_image_store, open_store
         from monitoring.feedback import submit_feedback
 
@@ -196,7 +196,7 @@ def night(request: pytest.FixtureRequest, lineage: TinyLineage,
     """Register the tiny base (v1, champion) with its hypernetwork under a per-test name (in
     the session's store, or ``uri``) and log its first production day (predictions of half the
     production images, feedback for every one)."""
-    from flows.hypernets import register_hypernet
+    from registry.lineage_assets import register_hypernet
     from monitoring import open_store
     from registry.base import register_base
 

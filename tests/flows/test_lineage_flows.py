@@ -1,5 +1,5 @@
 """Starting a lineage with the flows: build-suite (and register the base), then meta-train
-(and store the hypernetwork and replay pool with the base), as a new base model would."""
+(and store the hypernetwork and preserved pool with the base), as a new base model would."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from flows.demo.serving import png
-from flows.hypernets import load_assets
+from vitedit_ops.imagefiles import png_bytes as png
+from registry.lineage_assets import load_assets
 from flows.metatrain import MetaTrainSettings, meta_train_flow
 from flows.suites import build_suite_flow
 from registry import versions
@@ -37,18 +37,18 @@ def test_build_suite_and_meta_train_start_a_lineage(lineage, tracking_uri, tmp_p
     assert suite.base_fingerprint == fingerprint(load_model(lineage.checkpoint)[0])
 
     unlabeled = _write_images(tmp_path / "unlabeled", lineage.production[40:56], None)
-    replay = _write_images(tmp_path / "replay", lineage.production[56:66], None)
+    preserved = _write_images(tmp_path / "preserved", lineage.production[56:66], None)
     settings = MetaTrainSettings(iterations=2, batch_size=2)
     stored = meta_train_flow(images=str(unlabeled), model=name, settings=settings,
-                             replay_images=str(replay))
+                             preserved_images=str(preserved))
     assert stored.created and stored.base_version == "1"
     base = versions.get(MlflowClient(tracking_uri), name, "1")
     assets = load_assets(base, tracking_uri)
     assert assets.hypernet.config.base_fingerprint == base.fingerprint
     assert assets.hypernet.config.training["iterations"] == 2
-    assert assets.replay.shape == (10, *lineage.spec.input_size)
+    assert assets.preserved.shape == (10, *lineage.spec.input_size)
 
     # the same settings again: training resumes from its finished checkpoint, nothing new
     again = meta_train_flow(images=str(unlabeled), model=name, settings=settings,
-                            replay_images=str(replay))
+                            preserved_images=str(preserved))
     assert not again.created and again.run_id == stored.run_id

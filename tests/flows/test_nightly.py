@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from flows.config import EditSettings
 from flows.edits import suite_problems
-from flows.hypernets import register_hypernet
+from registry.lineage_assets import register_hypernet
 from flows.reporting import (ALREADY_REGISTERED, GATE_ARTIFACT, GROUPS_ARTIFACT,
                              NOTHING_TO_EDIT, REGISTERED)
 from registry import versions
@@ -47,7 +47,7 @@ def test_a_night_registers_a_gated_challenger_and_records_what_it_fixed(night, t
     assert result.drift.relation == "base"
     applied = [g for g in result.groups if g["outcome"] == "accepted"]
     assert applied and all(g["reliability"] == 1.0 for g in applied)
-    # the editor replayed confirmed-correct production images: the gate knows their hashes
+    # the editor kept confirmed-correct production images: the gate knows their hashes
     disjoint = result.gate.check("disjoint")
     assert disjoint.passed and disjoint.details["seen_by_edit"] > sum(g["edit"] for g in applied)
     info = versions.get(MlflowClient(tracking_uri), n.name, "2")
@@ -129,12 +129,12 @@ def test_a_hypernetwork_of_another_base_is_refused(night, lineage, tracking_uri,
         register_hypernet(n.name, "1", tmp_path / "stranger", tracking_uri=tracking_uri)
 
 
-def test_the_replay_pool_is_confirmed_production_and_the_base_pool_never_the_suite(
+def test_the_preserved_pool_is_confirmed_production_and_the_base_pool_never_the_suite(
         night, lineage, tracking_uri):
     import torch
 
     from flows.lineage import champion_context, resolve_champion
-    from flows.replay import build_replay_pool
+    from flows.preserved import build_preserved_pool
     from monitoring import open_image_store, open_store
 
     n = night(serve=False)
@@ -151,8 +151,8 @@ def test_the_replay_pool_is_confirmed_production_and_the_base_pool_never_the_sui
     context = champion_context(resolve_champion(n.name, tracking_uri))
     store = open_store()
     try:
-        pool = build_replay_pool(context, store, open_image_store(),
-                                 datetime.now(UTC) - timedelta(days=1), limit=500)
+        pool = build_preserved_pool(context, store, open_image_store(),
+                                    datetime.now(UTC) - timedelta(days=1), limit=500)
     finally:
         store.close()
     assert not set(pool.hashes) & (set(suite.hashes) | set(suite.retention_hashes))

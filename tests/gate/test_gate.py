@@ -153,7 +153,7 @@ def test_edit_images_from_the_suite_fail_disjointness(base, suite, edit_sets, ba
     sets = dict(edit_sets, edit_images=suite.pixels[:4],
                 edit_labels=suite.base_predictions[:4])
     report = run_gate(base, copy.deepcopy(base), suite, onnx_path=base_onnx, **sets,
-                      replay_hashes=[suite.hashes[10]])
+                      preserved_hashes=[suite.hashes[10]])
     assert report.failed_checks == ["disjoint"]
     assert report.check("disjoint").value == 5
 

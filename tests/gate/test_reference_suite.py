@@ -50,6 +50,6 @@ def test_reference_suite_is_disjoint_and_gates_a_harmless_patch(tiny_reference, 
     report = run_gate(model, candidate, suite, edit_images=edit.pixels,
                       edit_labels=edit.labels, heldout_images=heldout.pixels,
                       heldout_labels=heldout.labels, edited_params=patch.params,
-                      replay_hashes=image_hashes(data.replay.pixels))
+                      preserved_hashes=image_hashes(data.preserved.pixels))
     assert report.passed, report.to_markdown()
     assert report.check("onnx_max_abs_diff").details["images"] == len(suite.pixels) + 20

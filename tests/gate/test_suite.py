@@ -77,8 +77,8 @@ def test_disjointness_is_checked_by_hash(suite, pool):
     pixels, _ = pool
     suite.assert_disjoint(image_hashes(pixels[:50]))
     copied = suite.pixels[7:8].clone()
-    with pytest.raises(SuiteOverlapError, match="replay pool shares 1 image"):
-        suite.assert_disjoint(image_hashes(torch.cat([pixels[:5], copied])), what="replay pool")
+    with pytest.raises(SuiteOverlapError, match="preserved pool shares 1 image"):
+        suite.assert_disjoint(image_hashes(torch.cat([pixels[:5], copied])), what="preserved pool")
 
 
 def test_image_hash_is_the_same_for_one_picture_decoded_two_ways():

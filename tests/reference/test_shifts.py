@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.reference import (apply_shift, assert_disjoint, get_shift, list_shifts,
                                    reference_spec, register_shift, shifted_error_groups)
 from vitedit_ops.reference import shifts as shifts_module
@@ -17,7 +18,7 @@ BUILTIN = ("rotate", "thicken", "translate")
 @pytest.fixture
 def clean_registry(monkeypatch: pytest.MonkeyPatch):
     """User registrations made by a test vanish after it."""
-    monkeypatch.setattr(shifts_module, "_SHIFTS", dict(shifts_module._SHIFTS))
+    monkeypatch.setattr(shifts_module.SHIFTS, "_builders", dict(shifts_module.SHIFTS._builders))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def random_model():
 
 def test_builtin_shifts_are_registered():
     assert set(BUILTIN) <= set(list_shifts())
-    with pytest.raises(KeyError, match="unknown shift 'nope'.*rotate"):
+    with pytest.raises(InvalidInputError, match="unknown shift 'nope'.*rotate"):
         get_shift("nope")
 
 
@@ -70,7 +71,7 @@ def test_user_registered_shift(data, clean_registry, random_model):
     assert "invert" in list_shifts()
     pixels = data.shift.pixels[:4]
     assert torch.allclose(apply_shift("invert", pixels), 1.0 - pixels)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(InvalidInputError, match="already registered"):
         register_shift("invert")(invert)
     register_shift("invert", overwrite=True)(lambda p, rng: p.flip(-1))
     assert torch.equal(apply_shift("invert", pixels), pixels.flip(-1))
@@ -81,7 +82,7 @@ def test_user_registered_shift(data, clean_registry, random_model):
 
 def test_shift_must_keep_shape(clean_registry):
     register_shift("crop")(lambda p, rng: p[..., :16, :16])
-    with pytest.raises(ValueError, match="changed the shape"):
+    with pytest.raises(InvalidInputError, match="changed the shape"):
         apply_shift("crop", torch.zeros(2, 3, 32, 32))
 
 

@@ -13,7 +13,8 @@ from registry import versions
 from registry.artifacts import directory_sha256
 from registry.base import register_base
 from registry.errors import RegistryError
-from registry.loading import champion_onnx_uri, download_suite, load_champion
+from registry.loading import download_suite, load_version, model_uri
+from registry.lookup import champion
 from registry.mlflow_registry import publish_edit
 from vitedit_ops.export import file_sha256
 from vitedit_ops.metrics import predict_logits
@@ -60,10 +61,11 @@ def test_register_base_is_idempotent_and_starts_lineages_only(lineage, embedded_
         register_base(checkpoint, suite[0], name=name, tracking_uri=embedded_uri)
 
 
-def test_load_champion_gives_an_editable_timm_model(lineage, embedded_uri, base_model,
-                                                    good_edit, suite):
+def test_the_champion_loads_as_an_editable_timm_model(lineage, embedded_uri, base_model,
+                                                     good_edit, suite):
     name, _ = lineage
-    model, spec, info = load_champion(name, tracking_uri=embedded_uri)
+    model, spec, info = load_version(name, champion(name, embedded_uri).version,
+                                     tracking_uri=embedded_uri)
     assert info.version == "1" and info.kind == "base"
     assert fingerprint(model) == fingerprint(base_model)
     assert spec.architecture == "vit_tiny_patch16_224" and spec.num_classes == 10
@@ -74,7 +76,7 @@ def test_load_champion_gives_an_editable_timm_model(lineage, embedded_uri, base_
 
 def test_serving_loads_the_onnx_champion_by_alias(lineage, embedded_uri, base_model, suite):
     name, _ = lineage
-    uri = champion_onnx_uri(name)
+    uri = model_uri(name)
     assert uri == f"models:/{name}@champion"
     mlflow.set_tracking_uri(embedded_uri)
     served = mlflow.pyfunc.load_model(uri)

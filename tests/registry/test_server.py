@@ -14,9 +14,10 @@ from mlflow import MlflowClient
 
 from registry.client import connect
 from registry.errors import RegistryError, RegistryUnavailableError
-from vitedit_ops.errors import EXIT_INFRASTRUCTURE
-from registry.loading import load_champion
+from registry.loading import load_version
+from registry.lookup import champion
 from registry.mlflow_registry import publish_edit
+from vitedit_ops.errors import EXIT_INFRASTRUCTURE
 from vitedit_ops.export import ExportResult
 from vitedit_ops.models import fingerprint
 
@@ -45,7 +46,7 @@ def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite
 
     promoted = run_cli("promote", "--run-id", good.run_id)
     assert promoted.exit_code == 0, promoted.output
-    model, _, info = load_champion(name)
+    model, _, info = load_version(name, champion(name).version)
     assert info.version == "2"
     assert fingerprint(model) == good_edit.record.gate_report.candidate_fingerprint
     assert client.get_model_version(name, "2").tags["vitedit.champion.by"] == "ci"

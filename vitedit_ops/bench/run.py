@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
@@ -102,8 +102,8 @@ def run_benchmark(reference: Reference, hypernet: MaskHypernet, config: BenchCon
             last_logged[0] = time.perf_counter()
             log(f"  jobs {done[0]}/{total} run ({time.perf_counter() - started:.0f} s)")
 
-    replay_pool = Preprocessor(reference.spec).normalize(reference.data.replay.pixels)
-    extra = EditorArgs(hypernet, window, replay_pool)
+    preserved = Preprocessor(reference.spec).normalize(reference.data.preserved.pixels)
+    extra = EditorArgs(hypernet, preserved)
     try:
         rows = run_grid(model, points, cases, ks, setting.evals, extra, on_job,
                         workers=config.workers,
@@ -152,13 +152,10 @@ def _operating_point(comparisons: list[dict[str, Any]], family: str, k: int,
 
 
 def product_defaults() -> dict[str, Any]:
-    """The localized editor's default settings: what "localized (product)" runs."""
-    from ..editors import LocalizedEditor, default_optim
+    """What "localized (product)" runs: the product recipe the nightly flow runs."""
+    from ..editors import PRODUCT
 
-    skip = {"hypernet", "optim", "replay_pool", "name"}
-    out = {f.name: f.default for f in fields(LocalizedEditor) if f.name not in skip}
-    out.update(asdict(default_optim("localized")))
-    return out
+    return {"method": PRODUCT.method, **PRODUCT.options}
 
 
 SEQUENTIAL_FAMILIES = (PRODUCT, PAPER, "random mask", "random mask + product options",

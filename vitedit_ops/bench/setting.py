@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..editors import PAPER, PRODUCT
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
 from ..metrics import predict_logits, select_sensitive
@@ -47,7 +48,7 @@ def build_setting(model: nn.Module, spec: ModelSpec, data: ReferenceData,
         groups += [BenchGroup(shift, g.true_class, g.predicted_class,
                               pre.normalize(g.images.pixels), list(g.images.ids))
                    for g in outcome.groups]
-    assert_disjoint({"train": data.train, "locality": data.locality, "replay": data.replay,
+    assert_disjoint({"train": data.train, "locality": data.locality, "preserved": data.preserved,
                      "groups": [i for g in groups for i in g.ids]})
     inputs = pre.normalize(data.locality.pixels)
     logits = predict_logits(model, inputs)
@@ -83,19 +84,29 @@ class Family:
                 for lr in lrs for v in values]
 
 
-PAPER_OPTIONS = (("optimizer", "rmsprop"), ("replay_weight", 0.0), ("null_space_energy", 0.0),
-                 ("jitter_copies", 0))
-# the localized editor's defaults beyond the paper, on a random mask: does *where* matter?
-PRODUCT_OPTIONS = (("null_space_energy", 0.99), ("jitter_copies", 8), ("jitter_max_images", 1))
+PAPER_OPTIONS = tuple(PAPER.options.items()) + (("replay_weight", 0.0),
+                                                ("null_space_energy", 0.0), ("jitter_copies", 0))
+# the product's options beyond the paper's, on a random mask: does *where* matter?
+PRODUCT_OPTIONS = tuple((k, v) for k, v in PRODUCT.options.items()
+                        if k in ("null_space_energy", "jitter_copies", "jitter_max_images",
+                                 "ce_target"))
 # what the product ran before null-space edits (confusable KL replay, weight 10)
 PREVIOUS_DEFAULT = (("null_space_energy", 0.0), ("jitter_copies", 0), ("replay_weight", 10.0))
 # a null-space edit moves only part of each gradient, so its useful rates sit higher
 NULL_SPACE_LRS = (1e-3, 3e-3, 6e-3, 1e-2)
 REPLAY_LRS = (3e-4, 1e-3, 3e-3)
+PRODUCT_FAMILY = Family("localized (product)", PRODUCT.method, "",
+                        lrs=(PRODUCT.get("lr"),),
+                        options=tuple((k, v) for k, v in PRODUCT.options.items() if k != "lr"))
 FAMILIES = (
-    Family("localized (product)", "localized", "keep_fraction", (0.25, 0.10), NULL_SPACE_LRS),
-    Family("localized (paper)", "localized", "keep_fraction", KEEPS, options=PAPER_OPTIONS),
-    Family("random mask", "random_mask", "keep_fraction", KEEPS, options=PAPER_OPTIONS),
+    PRODUCT_FAMILY,
+    Family("localized (product, lr swept)", PRODUCT.method, "keep_fraction", (0.25, 0.10),
+           NULL_SPACE_LRS, options=tuple((k, v) for k, v in PRODUCT.options.items()
+                                         if k not in ("lr", "keep_fraction")), ablation=True),
+    Family("localized (paper)", "localized", "keep_fraction", KEEPS,
+           options=tuple((k, v) for k, v in PAPER_OPTIONS if k not in ("lr", "keep_fraction"))),
+    Family("random mask", "random_mask", "keep_fraction", KEEPS,
+           options=tuple((k, v) for k, v in PAPER_OPTIONS if k not in ("lr", "keep_fraction"))),
     Family("random mask + product options", "random_mask", "keep_fraction", (0.25, 0.10),
            NULL_SPACE_LRS, options=PRODUCT_OPTIONS, ablation=True),
     Family("localized, previous default", "localized", "keep_fraction", (0.10,), REPLAY_LRS,
@@ -129,19 +140,12 @@ def method_grid(quick: bool, families: tuple[Family, ...] = FAMILIES) -> list[Me
 @dataclass
 class EditorArgs:
     """Per-point constructor arguments (picklable, so parallel workers get them too): the
-    hypernetwork for localized editors, the same window for every window method, and the
-    replay pool (held out from every evaluation set) for the masked editors, used only where
-    an option turns replay on."""
+    hypernetwork (the localized editor's, and every window method's window) and the preserved
+    pool (held out from every evaluation set); ``create_editor`` passes each editor what it
+    takes."""
 
     hypernet: MaskHypernet
-    window: tuple[int, int]
-    replay_pool: torch.Tensor
+    preserved: torch.Tensor
 
     def __call__(self, point: MethodPoint) -> dict[str, Any]:
-        if point.editor == "localized":
-            return {"hypernet": self.hypernet, "replay_pool": self.replay_pool}
-        if point.editor == "random_mask":
-            return {"window": self.window, "replay_pool": self.replay_pool}
-        if point.editor in ("window_ft", "ft_l1", "ft_l2", "lora"):
-            return {"window": self.window}
-        return {}
+        return {"hypernet": self.hypernet, "preserved": self.preserved}

@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InvalidInputError
+from .choices import EDITOR, OPTIMIZER
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy"}
+PRODUCT_METHOD = "localized"  # checked against editors.PRODUCT by the CLI tests
+
 console = Console()
 
 
@@ -23,17 +25,6 @@ def _parse_window(window: str | None) -> tuple[int | None, int | None]:
         raise InvalidInputError(f"window must look like START-END (e.g. 2-4), got {window!r}"
                                 ) from exc
     return start, end
-
-
-def _image_paths(images: list[Path], folder: Path | None) -> list[Path]:
-    paths = list(images)
-    if folder is not None:
-        if not folder.is_dir():
-            raise InvalidInputError(f"image folder {folder} does not exist")
-        paths += sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise InvalidInputError("no edit images given (pass files or --folder)")
-    return paths
 
 
 def _load(checkpoint: Path, arch: str | None):
@@ -51,44 +42,49 @@ def edit(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Model weights."),
     arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
     folder: Path | None = typer.Option(None, help="Folder of edit images."),
-    method: str = typer.Option("localized", help="Editor: localized, random_mask, window_ft, "
-                                                "ft_l1, ft_l2, lora, full_ft."),
-    hypernet: Path | None = typer.Option(None, help="Hypernetwork dir (localized editor); "
+    method: str = typer.Option(PRODUCT_METHOD, parser=EDITOR,
+                               help="Editor (default: the product's)."),
+    hypernet: Path | None = typer.Option(None, help="Hypernetwork dir (localized editor; also "
+                                                   "gives the window methods their window); "
                                                    "default: <checkpoint dir>/hypernet."),
-    keep: float = typer.Option(0.10, help="Share of window units to edit (masked editors)."),
-    lr: float = typer.Option(1e-3, help="Edit learning rate."),
-    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
-    steps: int = typer.Option(100, help="Step limit."),
+    keep: float | None = typer.Option(None, help="Share of window units to edit (masked "
+                                                 "editors; default: the product's)."),
+    lr: float | None = typer.Option(None, help="Edit learning rate (default: the product's)."),
+    optimizer: str | None = typer.Option(None, parser=OPTIMIZER,
+                                         help="Optimiser (default: the product's)."),
+    steps: int | None = typer.Option(None, help="Step limit (default: the product's)."),
     window: str | None = typer.Option(None, help="FFN blocks START-END (default: the "
                                                 "hypernetwork's, else ~3/4 depth)."),
     out: Path = typer.Option(Path("patch.safetensors"), "--out", "-o",
                              help="Where to write the patch."),
 ) -> None:
-    """Fix misclassified images of one class; print the result and write the sparse patch."""
-    from ..editors import create_editor
+    """Fix misclassified images of one class with the product's edit recipe (options override
+    it); print the result and write the sparse patch."""
+    import torch
+
+    from ..editors import PRODUCT, create_editor
     from ..hypernet import MaskHypernet
+    from ..imagefiles import image_paths
     from ..preprocess import Preprocessor
 
-    paths = _image_paths(images or [], folder)
+    paths = image_paths(images or [], folder)
     model, spec = _load(checkpoint, arch)
     if not 0 <= label < spec.num_classes:
         raise InvalidInputError(f"label {label} is out of range 0..{spec.num_classes - 1}")
     inputs = Preprocessor(spec).from_files(paths)
-    import torch
-
     labels = torch.full((len(inputs),), label, dtype=torch.long)
-    kwargs: dict = {"lr": lr, "optimizer": optimizer, "max_steps": steps}
-    if method == "localized":
-        directory = hypernet or checkpoint.parent / "hypernet"
-        if not (directory / "hypernet.json").is_file():
-            raise InvalidInputError(f"no hypernetwork at {directory}: run `vitedit-ops "
-                                    "meta-train` first or pass --hypernet")
-        kwargs.update(hypernet=MaskHypernet.load(directory), keep_fraction=keep)
-    elif method == "random_mask":
-        kwargs.update(keep_fraction=keep, window=_parse_window(window))
-    elif method in ("window_ft", "ft_l1", "ft_l2", "lora"):
-        kwargs.update(window=_parse_window(window))
-    result = create_editor(method, **kwargs).edit(model, inputs, labels)
+    directory = hypernet or checkpoint.parent / "hypernet"
+    found = (directory / "hypernet.json").is_file()
+    if method == "localized" and not found:
+        raise InvalidInputError(f"no hypernetwork at {directory}: run `vitedit-ops "
+                                "meta-train` first or pass --hypernet")
+    start, end = _parse_window(window)
+    options = {**PRODUCT.options, "keep_fraction": keep, "lr": lr,
+               "optimizer": optimizer, "max_steps": steps}
+    editor = create_editor(method, hypernet=MaskHypernet.load(directory) if found else None,
+                           window=(start, end) if window else None,
+                           **{k: v for k, v in options.items() if v is not None})
+    result = editor.edit(model, inputs, labels)
     result.patch.save(out)
 
     table = Table(title=f"edit ({result.method}) -> {out}")
@@ -120,12 +116,13 @@ def meta_train(
     """Meta-train the mask hypernetwork for a base model (once per base model)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..imagefiles import image_paths
     from ..metatrain import MetaTrainConfig, meta_train as run
     from ..preprocess import Preprocessor
     from ..sites import edit_window
 
     model, spec = _load(checkpoint, arch)
-    inputs = Preprocessor(spec).from_files(_image_paths([], images))
+    inputs = Preprocessor(spec).from_files(image_paths([], images))
     config = MetaTrainConfig(iterations=iterations, batch_size=batch_size, inner_lr=inner_lr,
                              seed=seed)
     out = out or checkpoint.parent / "hypernet"

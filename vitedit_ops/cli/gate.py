@@ -13,7 +13,6 @@ from rich.console import Console
 from ..errors import InvalidInputError
 
 EXIT_GATE_FAILED = 3
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy"}
 console = Console()
 
 
@@ -24,41 +23,6 @@ def _load(checkpoint: Path, arch: str | None, allow_nonfinite: bool = False):
 
     model, spec = load_model(checkpoint, architecture=arch, allow_nonfinite=allow_nonfinite)
     return model.to(resolve_device(get_settings().device)), spec
-
-
-def read_image_folder(folder: Path, spec, require_labels: bool):
-    """Pixels, labels and ids from a folder: images in class subfolders are labelled (folder
-    name = class index or a class name of the spec), images directly inside are not."""
-    import torch
-
-    from ..gate.suite import UNKNOWN_LABEL
-    from ..preprocess import Preprocessor
-
-    if not folder.is_dir():
-        raise InvalidInputError(f"image folder {folder} does not exist")
-    names = list(spec.class_names or [])
-    found: list[tuple[Path, int]] = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
-        relative = path.relative_to(folder)
-        if len(relative.parts) == 1:
-            found.append((path, UNKNOWN_LABEL))
-        elif relative.parts[0].isdigit() and int(relative.parts[0]) < spec.num_classes:
-            found.append((path, int(relative.parts[0])))
-        elif relative.parts[0] in names:
-            found.append((path, names.index(relative.parts[0])))
-        else:
-            raise InvalidInputError(f"{path}: folder {relative.parts[0]!r} is neither a class "
-                                    f"index below {spec.num_classes} nor a class name")
-    if not found:
-        raise InvalidInputError(f"no images in {folder}")
-    labels = torch.tensor([label for _, label in found])
-    if require_labels and (labels == UNKNOWN_LABEL).any():
-        raise InvalidInputError(f"{folder}: put every image in a class subfolder (its label)")
-    preprocessor = Preprocessor(spec)
-    pixels = torch.stack([preprocessor.pixels_from_file(p) for p, _ in found])
-    return pixels, labels, [str(p.relative_to(folder)) for p, _ in found]
 
 
 def suite_build(
@@ -87,7 +51,10 @@ def suite_build(
         pool = load_reference_data().locality
         pixels, labels, ids = pool.pixels, pool.labels, pool.ids
     else:
-        pixels, labels, ids = read_image_folder(images, spec, require_labels=False)
+        from ..imagefiles import read_image_folder
+
+        found = read_image_folder(images, spec, require_labels=False)
+        pixels, labels, ids = found.pixels, found.labels, found.ids
     suite = build_suite(out, model, spec, pixels, labels, ids, sensitive_margin, sensitive_min)
     _print_summary(suite)
 
@@ -153,7 +120,10 @@ def gate(
     sets = {}
     for name, folder in (("edit", edit_images), ("heldout", heldout_images)):
         if folder is not None:
-            pixels, labels, _ = read_image_folder(folder, spec, require_labels=True)
+            from ..imagefiles import read_image_folder
+
+            found = read_image_folder(folder, spec, require_labels=True)
+            pixels, labels = found.pixels, found.labels
             sets.update({f"{name}_images": pixels, f"{name}_labels": labels})
     report = run_gate(base_model, candidate_model, suite, thresholds, onnx_path=onnx,
                       edited_params=edited_params, lineage_fingerprint=lineage, **sets)

@@ -1,66 +1,105 @@
-"""Editors behind one interface, built by name (timm-style registry).
+"""Editors behind one interface, built by name (timm's ``create_model`` rule).
 
 >>> editor = create_editor("random_mask", keep_fraction=0.1, lr=1e-3)
 >>> result = editor.edit(model, images, labels)
+
+Each editor registers itself where it is defined (``@register_editor``). ``create_editor``
+keeps only the options the named editor declares, and an option given as None means "the
+editor's default"; :data:`~vitedit_ops.editors.recipe.PRODUCT` is the one place that says
+what the product runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import MISSING, replace
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
+import torch
+
 from ..errors import InvalidInputError
-from .base import EditResult, Editor, OptimConfig
-from .finetune import WindowFinetuneEditor, ft_l1, ft_l2
+from ..hypernet import MaskHypernet
+from . import finetune, full_ft, localized, lora, random_mask  # noqa: F401 - registration
+from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
+from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
 from .localized import LocalizedEditor
 from .lora import LoRAEditor
+from .masked import MaskedEditor
 from .random_mask import RandomMaskEditor
+from .recipe import PAPER, PRODUCT, EditRecipe
 
-_REGISTRY: dict[str, Callable[..., Editor]] = {
-    "localized": LocalizedEditor,
-    "random_mask": RandomMaskEditor,
-    "window_ft": WindowFinetuneEditor,
-    "ft_l1": ft_l1,
-    "ft_l2": ft_l2,
-    "lora": LoRAEditor,
-    "full_ft": FullFinetuneEditor,
-}
-_OPTIM_KEYS = ("lr", "optimizer", "max_steps", "ce_target")
-
-
-def register_editor(name: str) -> Callable[[Callable[..., Editor]], Callable[..., Editor]]:
-    """Decorator: make an editor class or builder available to ``create_editor``."""
-    def wrap(builder: Callable[..., Editor]) -> Callable[..., Editor]:
-        _REGISTRY[name] = builder
-        return builder
-    return wrap
+OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
+_GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "name")
 
 
 def list_editors() -> list[str]:
-    return sorted(_REGISTRY)
+    return EDITORS.names()
 
 
-def create_editor(name: str, **kwargs: Any) -> Editor:
-    """Build an editor; optimiser settings (lr, optimizer, max_steps, ce_target) may be flat."""
-    if name not in _REGISTRY:
-        raise InvalidInputError(f"unknown editor {name!r}; available: {', '.join(list_editors())}")
-    optim = {k: kwargs.pop(k) for k in _OPTIM_KEYS if k in kwargs}
-    if optim:  # flat keys override the editor's own optimiser defaults, not OptimConfig's
-        kwargs["optim"] = replace(default_optim(name), **optim)
-    return _REGISTRY[name](**kwargs)
+def editor_options(name: str) -> set[str]:
+    """The options ``create_editor(name, ...)`` passes on (optimiser keys included)."""
+    declared = {f.name for f in fields(EDITORS.get(name)) if f.init}
+    options = declared - set(_GIVEN_SEPARATELY)
+    return options | set(OPTIM_KEYS) if "optim" in declared else options
+
+
+def takes_preserved(name: str) -> bool:
+    """Whether editor ``name`` uses a preserved pool (``create_editor(preserved=...)``)."""
+    return any(f.name == "preserved" for f in fields(EDITORS.get(name)))
+
+
+def _all_options() -> set[str]:
+    return set().union(*(editor_options(n) for n in list_editors()))
 
 
 def default_optim(name: str) -> OptimConfig:
     """The optimiser settings an editor uses unless told otherwise."""
-    builder = _REGISTRY[name]
-    field = getattr(builder, "__dataclass_fields__", {}).get("optim")
+    field = {f.name: f for f in fields(EDITORS.get(name))}.get("optim")
     if field is not None and field.default_factory is not MISSING:
         return field.default_factory()
     return OptimConfig()
 
 
-__all__ = ["EditResult", "Editor", "OptimConfig", "create_editor", "default_optim",
-           "list_editors", "register_editor", "LocalizedEditor", "RandomMaskEditor", "WindowFinetuneEditor",
-           "LoRAEditor", "FullFinetuneEditor"]
+def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
+                  window: tuple[int, int] | None = None, preserved: torch.Tensor | None = None,
+                  **options: Any) -> Editor:
+    """Build editor ``name``.
+
+    ``hypernet`` is required by the localized editor and gives every window method its window
+    unless ``window`` is given; ``preserved`` (model inputs whose predictions must hold) goes to
+    the editors that use one. Of ``options``, those the editor declares are kept (optimiser
+    keys ``lr``, ``optimizer``, ``max_steps``, ``ce_target`` may be flat) and None means the
+    editor's default; options another editor declares are dropped; unknown ones are refused.
+    """
+    cls = EDITORS.get(name)
+    unknown = sorted(set(options) - _all_options() - {"optim"})
+    if unknown:
+        raise InvalidInputError(f"unknown editor option(s) {', '.join(unknown)}; "
+                                f"{name!r} takes {', '.join(sorted(editor_options(name)))}")
+    declared = {f.name for f in fields(cls) if f.init}
+    kwargs = {k: v for k, v in options.items()
+              if v is not None and k in declared and k not in OPTIM_KEYS}
+    optim = {k: options[k] for k in OPTIM_KEYS if options.get(k) is not None}
+    if optim and "optim" in declared:
+        kwargs["optim"] = replace(kwargs.get("optim") or default_optim(name), **optim)
+    if "hypernet" in declared:
+        if hypernet is None:
+            raise InvalidInputError(f"the {name} editor needs a mask hypernetwork "
+                                    "(run `vitedit-ops meta-train` first)")
+        kwargs["hypernet"] = hypernet
+    if "window" in declared:
+        window = window if window is not None else (
+            tuple(hypernet.config.window) if hypernet is not None else None)
+        if window is not None:
+            kwargs["window"] = tuple(int(v) for v in window)
+    if "preserved" in declared and preserved is not None:
+        kwargs["preserved"] = preserved
+    return cls(**kwargs)
+
+
+__all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "EditRecipe", "EditResult",
+           "Editor", "FTL1Editor",
+           "FTL2Editor", "FullFinetuneEditor", "LoRAEditor", "LocalizedEditor", "MaskedEditor",
+           "OptimConfig", "RandomMaskEditor", "WindowFinetuneEditor", "create_editor",
+           "default_optim", "editor_options", "list_editors", "register_editor",
+           "takes_preserved"]

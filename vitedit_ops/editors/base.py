@@ -1,7 +1,8 @@
-"""The common editor interface and the shared masked-optimisation loop.
+"""The common editor interface, the editor registry and the shared optimisation loop.
 
 Every method (localized, random mask, window FT, FT-L1/L2, LoRA, full FT) is an :class:`Editor`
-whose ``edit(model, images, labels)`` returns an :class:`EditResult` holding a revertible
+dataclass, registered where it is defined with ``@register_editor("name")``, whose
+``edit(model, images, labels)`` returns an :class:`EditResult` holding a revertible
 :class:`~vitedit_ops.patch.Patch`. Editors never modify the model they are given: the caller
 decides whether to apply the patch.
 """
@@ -23,6 +24,7 @@ from ..errors import InvalidInputError
 from ..forward import SplitForward
 from ..models import fingerprint
 from ..patch import Patch
+from ..registries import Registry
 from ..sites import EditWindow
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -88,6 +90,10 @@ class Editor:
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              ) -> EditResult:
         raise NotImplementedError
+
+
+EDITORS: Registry[type[Editor]] = Registry("editor")
+register_editor = EDITORS.register
 
 
 def validate_edit_inputs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor

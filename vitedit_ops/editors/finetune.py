@@ -14,12 +14,14 @@ from torch import nn
 from ..delta import DenseDelta
 from ..errors import InvalidInputError
 from ..sites import edit_window
-from .base import Editor, EditResult, OptimConfig, validate_edit_inputs, window_edit
+from .base import (Editor, EditResult, OptimConfig, register_editor, validate_edit_inputs,
+                   window_edit)
 
 PENALTIES = ("none", "l1", "l2")
 
 
-@dataclass
+@register_editor("window_ft")
+@dataclass(kw_only=True)
 class WindowFinetuneEditor(Editor):
     """Fine-tune every weight of the window's FFN matrices, optionally with a penalty."""
 
@@ -49,9 +51,21 @@ class WindowFinetuneEditor(Editor):
             penalty=penalty if self.penalty != "none" and self.strength > 0 else None)
 
 
-def ft_l1(strength: float = 1e-3, **kwargs) -> WindowFinetuneEditor:
-    return WindowFinetuneEditor(penalty="l1", strength=strength, name="ft_l1", **kwargs)
+@register_editor("ft_l1")
+@dataclass(kw_only=True)
+class FTL1Editor(WindowFinetuneEditor):
+    """Window fine-tuning with an L1 pull of the delta towards zero."""
+
+    penalty: str = "l1"
+    strength: float = 1e-3
+    name: str = "ft_l1"
 
 
-def ft_l2(strength: float = 1e-2, **kwargs) -> WindowFinetuneEditor:
-    return WindowFinetuneEditor(penalty="l2", strength=strength, name="ft_l2", **kwargs)
+@register_editor("ft_l2")
+@dataclass(kw_only=True)
+class FTL2Editor(WindowFinetuneEditor):
+    """Window fine-tuning with an L2 pull of the delta towards zero."""
+
+    penalty: str = "l2"
+    strength: float = 1e-2
+    name: str = "ft_l2"

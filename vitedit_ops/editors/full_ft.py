@@ -17,10 +17,12 @@ from torch.func import functional_call
 
 from ..models import fingerprint
 from ..patch import Patch
-from .base import Editor, EditResult, OptimConfig, frozen, make_optimizer, validate_edit_inputs
+from .base import (Editor, EditResult, OptimConfig, frozen, make_optimizer, register_editor,
+                   validate_edit_inputs)
 
 
-@dataclass
+@register_editor("full_ft")
+@dataclass(kw_only=True)
 class FullFinetuneEditor(Editor):
     """Fine-tune all parameters with the same optimiser, step limit and stopping rule."""
 

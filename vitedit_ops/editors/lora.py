@@ -10,10 +10,12 @@ from torch import nn
 from ..delta import LoRADelta
 from ..errors import InvalidInputError
 from ..sites import edit_window
-from .base import Editor, EditResult, OptimConfig, validate_edit_inputs, window_edit
+from .base import (Editor, EditResult, OptimConfig, register_editor, validate_edit_inputs,
+                   window_edit)
 
 
-@dataclass
+@register_editor("lora")
+@dataclass(kw_only=True)
 class LoRAEditor(Editor):
     """Low-rank fine-tuning of the window's FFNs (the patch stores the dense product)."""
 

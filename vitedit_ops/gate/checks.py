@@ -40,7 +40,7 @@ class GateInputs:
     heldout_labels: torch.Tensor | None = None
     onnx_path: Path | None = None
     edited_params: Sequence[str] | None = None
-    replay_hashes: Sequence[str] | None = None
+    preserved_hashes: Sequence[str] | None = None
 
 
 class _Failed:
@@ -169,7 +169,7 @@ def _finite_weights(ctx: GateContext, check: Check, threshold: float | None) -> 
 
 
 def _disjoint(ctx: GateContext, check: Check, threshold: float | None) -> CheckResult:
-    seen: set[str] = set(ctx.inputs.replay_hashes or ())
+    seen: set[str] = set(ctx.inputs.preserved_hashes or ())
     if ctx.inputs.edit_pixels is not None:
         seen |= set(image_hashes(ctx.pixels("edit")))
     measured = {"suite": set(ctx.suite.hashes) | set(ctx.suite.retention_hashes),
@@ -257,8 +257,8 @@ def _onnx_agreement(ctx: GateContext, check: Check, threshold: float | None) -> 
 CHECKS: tuple[Check, ...] = (
     Check("finite_weights", None, "==", "NaN or Inf values in the candidate's weights",
           _finite_weights, fixed_threshold=0.0),
-    Check("disjoint", None, "==", "images the edit saw (edit + replay) that the gate measures "
-          "(suite, held-out)", _disjoint, fixed_threshold=0.0),
+    Check("disjoint", None, "==", "images the edit saw (edit + preserved pool) that the gate "
+          "measures (suite, held-out)", _disjoint, fixed_threshold=0.0),
     Check("reliability", "reliability_min", ">=", "edit images now predicted right",
           _correct_share("edit")),
     Check("generalization", "generalization_min", ">=",

@@ -29,7 +29,7 @@ def run_gate(base_model: nn.Module, candidate_model: nn.Module, suite: Suite,
              heldout_labels: torch.Tensor | None = None,
              onnx_path: str | Path | None = None, edited_params: Sequence[str] | None = None,
              *, lineage_fingerprint: str | None = None,
-             replay_hashes: Sequence[str] | None = None) -> GateReport:
+             preserved_hashes: Sequence[str] | None = None) -> GateReport:
     """Gate ``candidate_model`` (an edit of ``base_model``) on ``suite``.
 
     Images are pixels in [0, 1] at the model's input size (the suite's spec normalises them,
@@ -38,8 +38,8 @@ def run_gate(base_model: nn.Module, candidate_model: nn.Module, suite: Suite,
     belong to the lineage: ``lineage_fingerprint`` (the lineage's first base, for a descendant)
     or else ``base_model``'s own fingerprint must be the suite's base, otherwise
     :class:`~vitedit_ops.errors.IncompatibleBaseError` is raised before any check runs.
-    ``replay_hashes`` (see :func:`~vitedit_ops.gate.suite.image_hashes`) are images the editor
-    replayed; the ``disjoint`` check fails if the gate measures any of them.
+    ``preserved_hashes`` (see :func:`~vitedit_ops.gate.suite.image_hashes`) are the preserved
+    pool the editor saw; the ``disjoint`` check fails if the gate measures any of them.
     """
     config = config or GateConfig()
     started = time.perf_counter()
@@ -49,7 +49,7 @@ def run_gate(base_model: nn.Module, candidate_model: nn.Module, suite: Suite,
                         edit_pixels=edit_images, edit_labels=edit_labels,
                         heldout_pixels=heldout_images, heldout_labels=heldout_labels,
                         onnx_path=None if onnx_path is None else Path(onnx_path),
-                        edited_params=edited_params, replay_hashes=replay_hashes)
+                        edited_params=edited_params, preserved_hashes=preserved_hashes)
     with tempfile.TemporaryDirectory(prefix="vitedit-gate-") as workdir:
         context = GateContext(inputs, Path(workdir))
         checks = [_guarded(check, context, config) for check in CHECKS]

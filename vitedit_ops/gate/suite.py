@@ -49,7 +49,7 @@ class SuiteIntegrityError(SuiteError):
 
 
 class SuiteOverlapError(SuiteError):
-    """Images meant for editing or replay are also in the suite (the gate would be blind)."""
+    """Images meant for editing or preserving are also in the suite (the gate would be blind)."""
 
 
 def image_hashes(pixels: torch.Tensor) -> list[str]:
@@ -117,7 +117,7 @@ class Suite:
         return Preprocessor(self.spec).normalize(pixels)
 
     def assert_disjoint(self, hashes: Iterable[str], what: str = "pool") -> None:
-        """Refuse an edit or replay pool that shares any image with the suite."""
+        """Refuse an edit or preserved pool that shares any image with the suite."""
         suite_hashes = set(self.hashes) | set(self.retention_hashes)
         overlap = sorted(set(hashes) & suite_hashes)
         if overlap:

@@ -10,7 +10,8 @@ pool            size   used for
 ``locality``      400  the evaluation locality set (gate suite, benchmark LR)
 ``shift``         510  source images of shifted error groups (edit + generalization)
 ``validation``    100  window search and early checks
-``replay``        100  images an editor may use beyond the edit images
+``preserved``     100  held-out images whose predictions edits must keep (an editor may
+                       use them beyond the edit images)
 ``train``         687  training the reference model; unlabeled meta-training images
 ==============  =====  ================================================================
 """
@@ -33,7 +34,8 @@ CHANNELS = 3
 NUM_CLASSES = 10
 DEFAULT_SPLIT_SEED = 0
 # Held-out pools, in the order they are cut from the stratified ordering; train takes the rest.
-POOL_SIZES: dict[str, int] = {"locality": 400, "shift": 510, "validation": 100, "replay": 100}
+POOL_SIZES: dict[str, int] = {"locality": 400, "shift": 510, "validation": 100,
+                               "preserved": 100}
 POOLS: tuple[str, ...] = ("train", *POOL_SIZES)
 ID_PREFIX = "digits-"
 
@@ -78,7 +80,7 @@ class ReferenceData:
     train: LabeledImages
     validation: LabeledImages
     locality: LabeledImages
-    replay: LabeledImages
+    preserved: LabeledImages
     shift: LabeledImages
     split_seed: int = DEFAULT_SPLIT_SEED
 

@@ -22,42 +22,26 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..errors import InvalidInputError
+from ..registries import Registry
+
 ShiftFn = Callable[..., torch.Tensor]
 
-_SHIFTS: dict[str, ShiftFn] = {}
-
-
-def register_shift(name: str, *, overwrite: bool = False) -> Callable[[ShiftFn], ShiftFn]:
-    """Decorator registering ``fn`` under ``name``; refuses to replace a shift silently."""
-
-    def decorator(fn: ShiftFn) -> ShiftFn:
-        if name in _SHIFTS and not overwrite:
-            raise ValueError(f"shift {name!r} is already registered (pass overwrite=True)")
-        _SHIFTS[name] = fn
-        return fn
-
-    return decorator
-
-
-def list_shifts() -> list[str]:
-    return sorted(_SHIFTS)
-
-
-def get_shift(name: str) -> ShiftFn:
-    try:
-        return _SHIFTS[name]
-    except KeyError:
-        raise KeyError(f"unknown shift {name!r}; registered: {', '.join(list_shifts())}") from None
+SHIFTS: Registry[ShiftFn] = Registry("shift")
+register_shift = SHIFTS.register
+get_shift = SHIFTS.get
+list_shifts = SHIFTS.names
 
 
 def apply_shift(name: str, pixels: torch.Tensor, seed: int = 0, **params: Any) -> torch.Tensor:
     """Shifted copy of ``pixels`` (N, C, H, W in [0, 1]); same name, seed and params -> same
     output."""
     if pixels.ndim != 4:
-        raise ValueError(f"expected (N, C, H, W) pixels, got shape {tuple(pixels.shape)}")
+        raise InvalidInputError(f"expected (N, C, H, W) pixels, got shape "
+                                f"{tuple(pixels.shape)}")
     out = get_shift(name)(pixels.detach().float().cpu(), np.random.default_rng(seed), **params)
     if out.shape != pixels.shape:
-        raise ValueError(f"shift {name!r} changed the shape {tuple(pixels.shape)} -> "
+        raise InvalidInputError(f"shift {name!r} changed the shape {tuple(pixels.shape)} -> "
                          f"{tuple(out.shape)}")
     return out.clamp(0.0, 1.0)
 

@@ -1,9 +1,9 @@
-"""A lineage's editing assets in the registry: the mask hypernetwork and the held-out replay
-pool, stored once with the base version.
+"""A lineage's editing assets in the registry: the mask hypernetwork and the base's held-out
+preserved pool, stored once with the base version.
 
 A hypernetwork is meta-trained for one base model and serves every descendant the nightly
 edits produce, so it belongs to the lineage root, not to each version; so does the base's
-held-out replay pool (clean images an editor with a replay term may keep predictions on). Both
+held-out preserved pool (clean images whose predictions every edit must keep). Both
 are logged as one MLflow run (meta-training params, final losses, the files) in the registered
 model's experiment; the base version then gets two tags, the run id and the files' hash, set
 last so a half-finished registration is never found. Loading follows any version to its base.
@@ -30,7 +30,8 @@ HYPERNET_RUN = "vitedit.hypernet_run_id"
 HYPERNET_SHA256 = "vitedit.hypernet_sha256"
 ARTIFACT_DIR = "hypernet"
 FILES = ("hypernet.json", "hypernet.safetensors")
-REPLAY_FILE = "replay.safetensors"
+PRESERVED_FILE = "preserved.safetensors"
+LEGACY_PRESERVED_FILE = "replay.safetensors"  # its name in lineages registered earlier
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,14 @@ class LineageAssets:
     """What the editor needs from the lineage root."""
 
     hypernet: MaskHypernet
-    replay: torch.Tensor | None   # pixels in [0, 1], or None when none was registered
+    preserved: torch.Tensor | None   # pixels in [0, 1], or None when none was registered
 
 
 def register_hypernet(name: str, base_version: str, directory: str | Path,
-                      replay: torch.Tensor | None = None,
+                      preserved: torch.Tensor | None = None,
                       tracking_uri: str | None = None) -> RegisteredHypernet:
-    """Store the hypernetwork in ``directory`` (and the base's held-out ``replay`` pixels, if
-    any) with base version ``base_version`` of ``name``.
+    """Store the hypernetwork in ``directory`` (and the base's held-out ``preserved`` pixels,
+    if any) with base version ``base_version`` of ``name``.
 
     Its meta-training settings (recorded in its config) become the run's params, the last
     iteration's losses its metrics. Refuses a hypernetwork trained for other weights than that
@@ -78,9 +79,9 @@ def register_hypernet(name: str, base_version: str, directory: str | Path,
         staged = Path(tmp)
         for file in FILES:
             shutil.copy2(Path(directory) / file, staged / file)
-        if replay is not None:
-            save_file({"pixels": replay.detach().cpu().float().contiguous()},
-                      str(staged / REPLAY_FILE))
+        if preserved is not None:
+            save_file({"pixels": preserved.detach().cpu().float().contiguous()},
+                      str(staged / PRESERVED_FILE))
         digest = artifacts.directory_sha256(staged)
         if base.tags.get(HYPERNET_SHA256) == digest:
             return RegisteredHypernet(name, base_version, base.tags[HYPERNET_RUN], digest, False)
@@ -122,6 +123,7 @@ def load_assets(info: versions.VersionInfo, tracking_uri: str | None = None) -> 
         if actual != expected:
             raise RegistryError(f"hypernetwork of {info.name} v{base.version} hashes to "
                                 f"{actual[:12]}, its tag says {expected[:12]}")
-        replay = load_file(str(local / REPLAY_FILE))["pixels"] \
-            if (local / REPLAY_FILE).is_file() else None
-        return LineageAssets(MaskHypernet.load(local), replay)
+        stored = [local / f for f in (PRESERVED_FILE, LEGACY_PRESERVED_FILE)
+                  if (local / f).is_file()]
+        preserved = load_file(str(stored[0]))["pixels"] if stored else None
+        return LineageAssets(MaskHypernet.load(local), preserved)

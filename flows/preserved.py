@@ -1,10 +1,10 @@
-"""The editor's replay pool: images whose predictions an edit should keep.
+"""The preserved pool: images whose predictions every edit of the night must keep.
 
-Built per night, only when the edit settings turn replay on: production images whose
-predictions feedback confirmed correct (newest first), plus the lineage's held-out replay pool
-registered with the base. An image of the gate suite never enters it (the gate must measure
-images the edit never saw): such images are dropped by hash, and the result is checked with
-the suite's own ``assert_disjoint``; the gate checks it once more from the hashes.
+Built per night, for editors that take one: production images whose predictions feedback
+confirmed correct (newest first), plus the lineage's held-out preserved pool registered with
+the base. An image of the gate suite never enters it (the gate must measure images the edit
+never saw): such images are dropped by hash, and the result is checked with the suite's own
+``assert_disjoint``; the gate checks it once more from the hashes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .lineage import ChampionContext
 
 
 @dataclass(frozen=True)
-class ReplayPool:
+class PreservedPool:
     """Pixels in [0, 1] with their hashes, and how many came from production."""
 
     pixels: torch.Tensor
@@ -32,17 +32,17 @@ class ReplayPool:
     from_production: int
 
 
-def build_replay_pool(context: ChampionContext, store: MonitoringStore, images: ImageStore,
-                      since: datetime, limit: int) -> ReplayPool:
+def build_preserved_pool(context: ChampionContext, store: MonitoringStore, images: ImageStore,
+                         since: datetime, limit: int) -> PreservedPool:
     """Confirmed-correct production images + the base's held-out pool, minus the suite."""
     confirmed = Collector(store, images).confirmed_correct(since, context.ref.name, limit=limit)
     preprocessor = Preprocessor(context.spec)
     parts = [torch.stack([preprocessor.pixels_from_pil(images.load_image(c.image.sha256))
                           for c in confirmed])] if confirmed else []
-    if context.base_replay is not None:
-        parts.append(context.base_replay)
+    if context.base_preserved is not None:
+        parts.append(context.base_preserved)
     if not parts:
-        return ReplayPool(torch.empty(0, *context.spec.input_size), (), 0)
+        return PreservedPool(torch.empty(0, *context.spec.input_size), (), 0)
     pixels = torch.cat(parts)
     excluded = set(context.suite.hashes) | set(context.suite.retention_hashes)
     keep, hashes = [], []
@@ -51,5 +51,6 @@ def build_replay_pool(context: ChampionContext, store: MonitoringStore, images: 
             excluded.add(digest)  # also drops duplicates
             keep.append(i)
             hashes.append(digest)
-    context.suite.assert_disjoint(hashes, what="replay pool")
-    return ReplayPool(pixels[keep], tuple(hashes), sum(1 for i in keep if i < len(confirmed)))
+    context.suite.assert_disjoint(hashes, what="preserved pool")
+    return PreservedPool(pixels[keep], tuple(hashes),
+                         sum(1 for i in keep if i < len(confirmed)))

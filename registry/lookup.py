@@ -1,0 +1,51 @@
+"""Finding registered things by what the flows know: a name, an alias, a key, a run.
+
+The flows never hold an MLflow client: they ask here, by tracking URI, and get the
+registry's own types back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from vitedit_ops.gate import GateReport
+from vitedit_ops.settings import get_settings
+
+from . import versions
+from .artifacts import GATE_JSON
+from .client import connect, translate_errors
+from .errors import RegistryError
+from .versions import VersionInfo
+
+
+def champion(name: str, tracking_uri: str | None = None) -> VersionInfo:
+    """The version that holds ``champion`` now; refuses a model without one."""
+    info = versions.by_alias(connect(tracking_uri).client,
+                             versions.check_safe(name, "registered model name"),
+                             versions.CHAMPION)
+    if info is None:
+        raise RegistryError(f"{name} has no champion: register a base model first")
+    return info
+
+
+def version_by_key(name: str, key: str, tracking_uri: str | None = None) -> VersionInfo | None:
+    """The usable version an earlier attempt registered under idempotency ``key``."""
+    return versions.ready_by_key(connect(tracking_uri).client, name, key)
+
+
+def gate_report(info: VersionInfo, tracking_uri: str | None = None) -> GateReport:
+    """The gate report stored with a version's run."""
+    client = connect(tracking_uri).client
+    with tempfile.TemporaryDirectory() as tmp, \
+            translate_errors(f"download the gate report of {info.name} v{info.version}"):
+        path = client.download_artifacts(info.run_id, GATE_JSON, tmp)
+        return GateReport.from_json(Path(path).read_text())
+
+
+def run_url(run_id: str, tracking_uri: str | None = None) -> str:
+    """Where a person opens the run in the MLflow UI (``VITEDIT_MLFLOW_UI_URL``)."""
+    client = connect(tracking_uri).client
+    with translate_errors(f"read run {run_id}"):
+        experiment = client.get_run(run_id).info.experiment_id
+    return f"{get_settings().resolved_mlflow_ui_url()}/#/experiments/{experiment}/runs/{run_id}"
