@@ -52,6 +52,7 @@ def nightly(
     from .config import EditSettings
     from .display import print_night
     from .nightly import nightly_edit
+    from .prefect_api import prefect_api
     from .reporting import ALREADY_REGISTERED, REGISTERED
 
     try:
@@ -62,8 +63,9 @@ def nightly(
         raise InvalidInputError(f"bad --edit {where}: {error['msg']}") from None
     overrides = GateConfig().with_overrides(gate).to_dict()
     thresholds = {k: overrides[k] for k in _assignments(gate, "--set")}
-    result = nightly_edit(model=model, lookback_days=lookback_days, edit_settings=settings,
-                          gate=thresholds, auto_promote=auto_promote, device=device)
+    with prefect_api():
+        result = nightly_edit(model=model, lookback_days=lookback_days, edit_settings=settings,
+                              gate=thresholds, auto_promote=auto_promote, device=device)
     print_night(result, Console(), get_settings().resolved_mlflow_uri())
     if result.status in (REGISTERED, ALREADY_REGISTERED) and not result.gate_passed:
         raise typer.Exit(EXIT_GATE_FAILED)

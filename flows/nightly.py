@@ -77,12 +77,13 @@ IO = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _trans
 
 # -- tasks ----------------------------------------------------------------------------------
 @task(name="collect-errors", **IO)
-def collect_errors(model: str, since: datetime, settings: EditSettings) -> Collection:
+def collect_errors(model: str, since: datetime, until: datetime,
+                   settings: EditSettings) -> Collection:
     """Misclassified production images not used by an earlier edit, grouped and split."""
     store = open_store()
     try:
         return Collector(store, open_image_store()).collect(
-            since, model, heldout_fraction=settings.heldout_fraction,
+            since, model, until=until, heldout_fraction=settings.heldout_fraction,
             max_edit_images=settings.max_edit_images, min_group_size=settings.min_group_size,
             seed=settings.seed)
     finally:
@@ -201,6 +202,7 @@ class NightPlan:
     model: str
     tracking_uri: str
     since: datetime
+    until: datetime
     settings: EditSettings
     gate: GateConfig
     auto_promote: bool
@@ -213,17 +215,20 @@ class NightPlan:
 def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
                  edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
                  auto_promote: bool = False, device: str | None = None,
-                 edit_limit: str = EDIT_LIMIT, edit_slots: int = 1) -> NightlyResult:
+                 edit_limit: str = EDIT_LIMIT, edit_slots: int = 1,
+                 as_of: datetime | None = None) -> NightlyResult:
     """Edit the champion on the last ``lookback_days`` of production errors and register a
     gated challenger.
 
     ``gate`` overrides gate thresholds by name; ``auto_promote`` makes a challenger whose
     gate passed the champion at once; ``edit_limit`` is the global concurrency limit the
-    edit tasks share (created with ``edit_slots`` slots if missing: one per GPU).
+    edit tasks share (created with ``edit_slots`` slots if missing: one per GPU); ``as_of``
+    is the end of the collected window (default: now), to re-run or backfill a past night.
     """
     config = get_settings()
+    until = as_of or datetime.now(UTC)
     plan = NightPlan(model or config.registered_model, config.resolved_mlflow_uri(),
-                     datetime.now(UTC) - timedelta(days=lookback_days),
+                     until - timedelta(days=lookback_days), until,
                      edit_settings or EditSettings(), GateConfig.from_mapping(gate or {}),
                      auto_promote, device, edit_limit, edit_slots)
     result = NightlyResult(plan.model, NOTHING_TO_EDIT, flow_run_id=str(flow_run.id))
@@ -243,7 +248,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         progress.append(result)
         return result
 
-    collection = collect_errors(plan.model, plan.since, plan.settings)
+    collection = collect_errors(plan.model, plan.since, plan.until, plan.settings)
     result = known(replace(progress[-1], collected=collection.summary.to_dict()))
     groups = list(collection.groups[:plan.settings.max_groups])
     if not groups:

@@ -17,11 +17,15 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from vitedit_ops.settings import get_settings
+
+if TYPE_CHECKING:
+    from .steps import Demo
 
 MODEL = "digits-vit"
 
@@ -67,9 +71,16 @@ def run_demo(fresh: bool = False, console: Console | None = None) -> None:
         os.environ.pop(variable, None)
     _quiet_prefect()
     timer = Timer()
+    from ..prefect_api import prefect_api
     from .steps import Demo  # after the environment is set: settings are read at use
 
-    demo = Demo(console, home / "reference", MODEL)
+    with prefect_api():
+        _steps(Demo(console, home / "reference", MODEL), fresh, timer, console)
+    console.print(timer.table())
+
+
+def _steps(demo: Demo, fresh: bool, timer: Timer, console: Console) -> None:
+    """The demo's steps in order, each timed."""
     with timer.step(console, "1. reference model and its hypernetwork"):
         demo.reference(fresh)
     with timer.step(console, "2. locality suite, base registered as champion"):
@@ -85,4 +96,3 @@ def run_demo(fresh: bool = False, console: Console | None = None) -> None:
             with timer.step(console, "5. review and promote the challenger"):
                 demo.promote(night)
     demo.where_to_look(first)
-    console.print(timer.table())

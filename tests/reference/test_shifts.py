@@ -12,7 +12,8 @@ from vitedit_ops.reference import (apply_shift, assert_disjoint, get_shift, list
 from vitedit_ops.reference import shifts as shifts_module
 from vitedit_ops.reference.shifts import translate_pixels
 
-BUILTIN = ("rotate", "thicken", "translate")
+BUILTIN = ("rotate", "thicken", "translate", "shear", "shrink", "thin", "blur", "strike", "noise",
+           "dim")
 
 
 @pytest.fixture
