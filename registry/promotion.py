@@ -24,7 +24,7 @@ from vitedit_ops.errors import VitEditError
 from vitedit_ops.export import file_sha256
 from vitedit_ops.gate.report import GateReport
 from vitedit_ops.models import fingerprint_state, read_state_dict
-from vitedit_ops.patch import Patch
+from vitedit_ops.scoped import load_patch
 
 from . import artifacts, versions
 from .client import Connection, connect, first_line, translate_errors
@@ -150,7 +150,7 @@ def _check(what: str, compute, expected: str) -> list[str]:
 
 def _patch_hashes(client: MlflowClient, info: VersionInfo, root: Path) -> list[str]:
     local = Path(client.download_artifacts(info.run_id, artifacts.PATCHES, str(root)))
-    return [Patch.load(p).sha256() for p in sorted(local.glob("*.safetensors"))]
+    return [load_patch(p).sha256() for p in sorted(local.glob("*.safetensors"))]
 
 
 def _weights_fingerprint(client: MlflowClient, info: VersionInfo, root: Path) -> str:

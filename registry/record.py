@@ -23,6 +23,7 @@ from vitedit_ops.export import ExportResult
 from vitedit_ops.gate.report import GateReport
 from vitedit_ops.models import ModelSpec, fingerprint
 from vitedit_ops.patch import Patch
+from vitedit_ops.scoped import ScopedPatch
 
 GENERALIZATION = "generalization"
 LOCALITY = "locality"
@@ -44,7 +45,7 @@ class GroupEdit:
     key: str
     num_edit_images: int
     num_heldout_images: int
-    patch: Patch | None
+    patch: Patch | ScopedPatch | None
     outcome: str = ACCEPTED
     success: bool = False
     steps: int = 0
@@ -125,7 +126,7 @@ class EditRunRecord:
         return [g for g in self.groups if g.accepted]
 
     @property
-    def patches(self) -> list[Patch]:
+    def patches(self) -> list[Patch | ScopedPatch]:
         """Patches in application order, one per accepted group."""
         return [g.patch for g in self.accepted_groups if g.patch is not None]
 

@@ -100,10 +100,15 @@ class MaskHypernet(nn.Module):
         return window
 
     def check_base(self, model: nn.Module) -> Lineage:
-        """Refuse models that are neither the base nor a descendant of it."""
-        state = model.state_dict()
+        """Refuse models that are neither the base nor a descendant of it (scoped patches,
+        which change no weight, make a descendant too)."""
+        from .scoped import STACK
+
+        full = model.state_dict()
+        state = {k: v for k, v in full.items() if not k.startswith(f"{STACK}.")}
+        scoped = len(state) != len(full)
         current = tensor_fingerprints(state)
-        if fingerprint_state(state) == self.config.base_fingerprint:
+        if fingerprint_state(state) == self.config.base_fingerprint and not scoped:
             return Lineage("base", ())
         base = self.config.base_tensor_fingerprints
         if set(current) != set(base):
@@ -117,7 +122,7 @@ class MaskHypernet(nn.Module):
                 f"hypernetwork was meta-trained for base model {self.config.base_fingerprint[:12]};"
                 f" this model differs in {len(foreign)} non-FFN tensors (e.g. {foreign[0]}), "
                 "so it is not a descendant of that base")
-        return Lineage("descendant", changed)
+        return Lineage("descendant", changed + ((STACK,) if scoped else ()))
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import scoped
 from .errors import CheckpointError
 
 SPEC_SUFFIX = ".json"
@@ -158,6 +159,7 @@ def load_model(checkpoint: str | Path, spec: ModelSpec | str | Path | None = Non
             num_classes = _infer_num_classes(state)
         spec = ModelSpec.for_timm_model(architecture, num_classes=num_classes, **model_kwargs)
     model = spec.build()
+    scoped.prepare(model, scoped.saved_metadata(checkpoint))  # scoped patches saved with it
     _load_strict(model, state, checkpoint, allow_nonfinite)
     model.eval()
     return model, spec
@@ -201,7 +203,8 @@ def save_model(model: nn.Module, spec: ModelSpec, path: str | Path,
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"fingerprint": fingerprint_state(state), **(metadata or {})}
+    meta = {"fingerprint": fingerprint_state(state), **scoped.layout_metadata(model),
+            **(metadata or {})}
     save_file(state, str(path), metadata=meta)
     path.with_suffix(SPEC_SUFFIX).write_text(spec.to_json())
     return path

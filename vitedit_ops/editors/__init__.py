@@ -26,7 +26,8 @@ from .localized import LocalizedEditor
 from .lora import LoRAEditor
 from .masked import MaskedEditor
 from .random_mask import RandomMaskEditor
-from .recipe import PAPER, PRODUCT, EditRecipe
+from .recipe import PAPER, PRODUCT, PRODUCT_SCOPED, EditRecipe
+from .scoped import ScopedEditor
 
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
 _GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "name")
@@ -97,8 +98,8 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
     return cls(**kwargs)
 
 
-__all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "EditRecipe", "EditResult",
-           "Editor", "FTL1Editor",
+__all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_SCOPED",
+           "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
            "FTL2Editor", "FullFinetuneEditor", "LoRAEditor", "LocalizedEditor", "MaskedEditor",
            "OptimConfig", "RandomMaskEditor", "WindowFinetuneEditor", "create_editor",
            "default_optim", "editor_options", "list_editors", "register_editor",

@@ -56,6 +56,19 @@ PRODUCT = EditRecipe("localized", {
 })
 """What the nightly flow runs by default (docs/frontier.md measures each option)."""
 
+PRODUCT_SCOPED = EditRecipe("localized", {
+    # inside its scope a patch may change as much as the subpopulation needs: a quarter of
+    # the window's units (the hypernetwork says which), no confinement, more steps
+    "keep_fraction": 0.25,
+    "lr": 3e-4,
+    "optimizer": "rmsprop",
+    "max_steps": 300,
+    "ce_target": 0.05,
+    "null_space_energy": 0.0,
+    "jitter_copies": 0,
+})
+"""What the nightly flow runs on a subpopulation inside its scope (``editors/scoped.py``)."""
+
 PAPER = EditRecipe("localized", {"keep_fraction": 0.1, "lr": 1e-3, "optimizer": "rmsprop",
                                  "max_steps": 100, "ce_target": 0.01})
 """The method as the paper runs it: no confinement, no jitter, CE <= 0.01."""

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..export import Parity, export_onnx, file_sha256, onnx_parity
 from ..metrics import norm_growth, predict_logits
+from ..scoped import scoped_patches
 from .config import GateConfig
 from .report import CheckResult, Comparison
 from .suite import Suite, image_hashes
@@ -236,11 +237,20 @@ def _norm_growth(ctx: GateContext, check: Check, threshold: float | None) -> Che
     declared = set(ctx.inputs.edited_params or ())
     undeclared = sorted(changed - declared) if ctx.inputs.edited_params is not None else []
     names = sorted(changed | declared)
-    if not names:
+    ratios = norm_growth(base, ctx.inputs.candidate, names) if names else {}
+    # a scoped patch changes no weight: inputs inside its scope see weight + its change
+    for patch in scoped_patches(ctx.inputs.candidate):
+        for delta in patch.deltas:
+            weight = candidate[delta.weight_name].detach().cpu().double()
+            ratio = float((weight + delta.dense().double()).norm()
+                          / base[delta.weight_name].detach().cpu().double().norm()
+                          .clamp_min(1e-12))
+            ratios[delta.weight_name] = max(ratios.get(delta.weight_name, 0.0), ratio)
+    if not ratios:
         return check.vacuous(threshold, "no weight differs from the base")
-    ratios = norm_growth(base, ctx.inputs.candidate, names)
     worst = sorted(ratios.items(), key=lambda kv: -kv[1])[:_SHOWN]
     return check.result(max(ratios.values()), threshold, changed_params=len(names),
+                        scoped_patches=len(scoped_patches(ctx.inputs.candidate)),
                         largest=dict(worst), undeclared_changes=undeclared[:_SHOWN])
 
 
@@ -272,7 +282,8 @@ CHECKS: tuple[Check, ...] = (
     Check("accuracy_drop", "accuracy_drop_max", "<=", "labelled clean accuracy lost vs the base, "
           "in percentage points", _accuracy_drop),
     Check("norm_growth", "norm_growth_max", "<=", "largest Frobenius-norm ratio candidate/base "
-          "of any changed weight", _norm_growth),
+          "of any changed weight (for a scoped patch: the weight plus its change)",
+          _norm_growth),
     Check("onnx_max_abs_diff", "onnx_max_abs_diff", "<=", "max |logit difference| between the "
           "ONNX graph in onnxruntime and the torch model", _onnx_diff),
     Check("onnx_top1_agreement", "onnx_top1_agreement_min", ">=", "share of images where "

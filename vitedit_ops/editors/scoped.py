@@ -1,0 +1,64 @@
+"""Scoped editing: any editor's change, applied only to inputs inside a fitted scope.
+
+The scope is fitted first (``scope.fit_scope``): inside are the images the edit is made for,
+outside the images whose predictions must hold (the preserved pool) and the images earlier
+scoped patches were made for, so a new patch keeps out of both. The inner editor then fits the
+change on the images the scope covers (an image it does not cover could never be fixed by
+this patch: it is left out and counted), and the result's patch is a
+:class:`~vitedit_ops.scoped.ScopedPatch`. Outside its scope the model is untouched, so the
+change may be as strong as the subpopulation needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..scope import fit_scope, prefix_tokens, window_keys
+from ..scoped import ScopedPatch, all_keys, scoped_patches
+from ..sites import EditWindow
+from .base import Editor, EditResult, validate_edit_inputs
+
+
+@dataclass(kw_only=True)
+class ScopedEditor(Editor):
+    """``inner``'s edit, scoped against ``outside`` (model inputs that must stay outside).
+
+    ``window`` is the edit window (its first block's input is where the scope reads);
+    ``margin`` raises the scope's threshold above the highest out-of-fold outside score;
+    ``avoid_earlier`` keeps the images of the model's earlier scoped patches outside too.
+    """
+
+    inner: Editor
+    window: EditWindow
+    outside: torch.Tensor
+    margin: float = 0.0
+    avoid_earlier: bool = True
+    name: str = "scoped"
+
+    def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
+        images, labels = validate_edit_inputs(model, images, labels)
+        if len(self.outside) == 0:
+            raise InvalidInputError("a scoped edit needs images that must stay outside its "
+                                    "scope (a preserved pool)")
+        inside_keys = window_keys(model, self.window, images)
+        outside_keys = window_keys(model, self.window, self.outside)
+        earlier = all_keys(scoped_patches(model)) if self.avoid_earlier else None
+        negatives = outside_keys if earlier is None else torch.cat([outside_keys, earlier])
+        fit = fit_scope(inside_keys, negatives, outside_keys, prefix_tokens(model),
+                        margin=self.margin)
+        covered = fit.inside_covered
+        if not covered.any():
+            raise InvalidInputError("the fitted scope covers none of the edit images")
+        result = self.inner.edit(model, images[covered], labels[covered])
+        patch = ScopedPatch.from_patch(result.patch, model, fit.scope,
+                                       self.window.sites[0].block_path,
+                                       inside_keys[covered.cpu()])
+        return replace(result, method=f"{result.method}+scope", patch=patch, settings={
+            **result.settings, "scoped": True, "covered": covered.cpu().tolist(),
+            "outside_scope": int((~covered).sum()), "scope_threshold": fit.outside_max_score,
+            "scope_negatives": len(negatives), "earlier_scoped_patches":
+                len(scoped_patches(model))})
