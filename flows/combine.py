@@ -21,6 +21,7 @@ from vitedit_ops.errors import PatchConflictError
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import fingerprint
 from vitedit_ops.patch import Patch
+from vitedit_ops.scoped import ScopedPatch
 
 from .config import EditSettings
 from .edits import GroupOutcome, suite_checks, suite_problems
@@ -46,8 +47,10 @@ class Combination:
         return sorted({p for patch in self.patches for p in patch.params})
 
 
-def rebase(patch: Patch, model: nn.Module) -> Patch:
+def rebase(patch: Patch | ScopedPatch, model: nn.Module) -> Patch | ScopedPatch:
     """The same change as ``patch``, with before-values read from ``model`` now."""
+    if isinstance(patch, ScopedPatch):
+        return patch.rebased(model)
     deltas = [(e.param, e.kind, e.index, e.after - e.before) for e in patch.entries]
     return Patch.from_deltas(model, deltas, fingerprint(model), metadata=patch.metadata)
 
@@ -86,4 +89,4 @@ def combine(context: ChampionContext, outcomes: list[GroupOutcome],
 def _fixes_all(context: ChampionContext, model: nn.Module, outcome: GroupOutcome) -> bool:
     images = outcome.images
     predictions = predict_logits(model, context.suite.inputs(images.edit_pixels)).argmax(-1)
-    return bool(torch.equal(predictions, images.labels))
+    return bool(torch.equal(predictions, images.edit_labels))

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vitedit_ops.editors import OPTIMIZERS, PRODUCT, editor_options, list_editors, takes_preserved
+from vitedit_ops.editors import (OPTIMIZERS, PRODUCT, PRODUCT_SCOPED, editor_options,
+                                 list_editors, takes_preserved)
 
 KEY_PREFIX = "nightly-"
 EditorName = Literal[tuple(list_editors())]  # type: ignore[valid-type]
@@ -23,6 +24,52 @@ OptimizerName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 # fields passed to ``create_editor`` (it keeps those the chosen editor declares)
 EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
                  "null_space_energy", "replay_weight", "replay_scope", "jitter_copies")
+SCOPED_EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target")
+
+
+class ScopedSettings(BaseModel):
+    """How the night's subpopulations are found and edited inside their scopes.
+
+    Editor defaults are ``vitedit_ops.editors.PRODUCT_SCOPED``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: EditorName = Field(PRODUCT_SCOPED.method, description="Editor inside the scope.")
+    keep_fraction: float = Field(PRODUCT_SCOPED.get("keep_fraction"), gt=0, le=1,
+                                 description="Share of window units a scoped patch edits.")
+    lr: float = Field(PRODUCT_SCOPED.get("lr"), gt=0, description="Learning rate.")
+    optimizer: OptimizerName = Field(PRODUCT_SCOPED.get("optimizer"), description="Optimiser.")
+    max_steps: int = Field(PRODUCT_SCOPED.get("max_steps"), ge=1, description="Step limit.")
+    ce_target: float = Field(PRODUCT_SCOPED.get("ce_target"), gt=0, description="Stop once "
+                             "every image is right and their cross-entropy is at most this.")
+    min_errors: int = Field(6, ge=2, description="Smaller subpopulations wait for more data.")
+    max_units: int = Field(4, ge=1, description="Largest subpopulations edited per night.")
+    max_edit_images: int | None = Field(64, ge=1, description="Edit images per subpopulation "
+                                        "(cap; the rest are held out).")
+    heldout_fraction: float = Field(0.5, ge=0, lt=1, description="Share of a subpopulation's "
+                                    "errors kept out of its edit to measure generalization.")
+    cluster_scale: float = Field(2.0, gt=0, description="Clusters are cut at this many times "
+                                 "their median nearest-neighbour distance.")
+    margin: float = Field(0.0, ge=0, description="Router score the scope's threshold keeps "
+                          "above the highest out-of-fold score of a preserved image.")
+    avoid_earlier: bool = Field(True, description="Keep the images of earlier scoped patches "
+                                "outside a new scope.")
+
+    @model_validator(mode="after")
+    def _options_of_the_chosen_editor(self) -> ScopedSettings:
+        declared = editor_options(self.method)
+        foreign = [n for n in SCOPED_EDITOR_FIELDS if n in self.model_fields_set
+                   and n not in declared]
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: not an option of the {self.method!r} "
+                             "editor")
+        return self
+
+    def editor_options(self) -> dict[str, Any]:
+        return {**{k: v for k, v in PRODUCT_SCOPED.options.items()
+                   if k not in SCOPED_EDITOR_FIELDS},
+                **{name: getattr(self, name) for name in SCOPED_EDITOR_FIELDS}}
 
 
 class EditSettings(BaseModel):
@@ -34,6 +81,10 @@ class EditSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a typo must not silently use a default
 
+    strategy: Literal["edit", "retrain"] = Field(
+        "edit", description="edit: one patch per unit (the product); retrain: the peer that "
+        "fine-tunes the champion on all of the night's labelled images with replay of clean "
+        "ones (flows/retrain.py), gated the same way.")
     method: EditorName = Field(PRODUCT.method, description="Editor (vitedit_ops.editors).")
     keep_fraction: float = Field(PRODUCT.get("keep_fraction"), gt=0, le=1,
                                  description="Share of window units edited (masked editors).")
@@ -53,6 +104,11 @@ class EditSettings(BaseModel):
         None, description="Preserved images the replay term uses (None: the editor's).")
     jitter_copies: int | None = Field(PRODUCT.get("jitter_copies"), ge=0, description="Jittered"
                                       " copies of each image in a single-image edit.")
+    subpopulations: bool = Field(True, description="Edit errors off the clean manifold (shifted "
+                                 "images) as subpopulations, each a scoped patch; the rest as "
+                                 "(true, predicted) groups.")
+    scoped: ScopedSettings = Field(default_factory=ScopedSettings, description="Finding and "
+                                   "editing subpopulations.")
     heldout_fraction: float = Field(0.5, ge=0, lt=1, description="Share of each group kept "
                                     "out of the edit to measure generalization.")
     max_edit_images: int | None = Field(4, ge=1, description="Edit images per group (cap).")
@@ -84,7 +140,14 @@ class EditSettings(BaseModel):
 
     @property
     def uses_preserved(self) -> bool:
-        return self.preserve and takes_preserved(self.method)
+        """Whether the night builds a preserved pool (scoped patches and retraining's replay
+        always need one)."""
+        return self.preserve and (takes_preserved(self.method) or self.edits_subpopulations
+                                  or self.strategy == "retrain")
+
+    @property
+    def edits_subpopulations(self) -> bool:
+        return self.subpopulations and self.strategy == "edit"
 
     def editor_options(self) -> dict[str, Any]:
         """Keyword arguments of ``create_editor`` besides the hypernetwork/window/pool."""

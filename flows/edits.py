@@ -1,12 +1,13 @@
-"""One error group, end to end: its pixels, its edit, and the checks it must pass alone.
+"""One edit unit, end to end: its edit and the checks it must pass alone.
 
-Each group is edited on its own copy of the champion, so groups can run in parallel (threads
-or Dask workers) and one group's failure touches nothing else. A group is accepted when its
-edit fixes every edit image (reliability), keeps the champion's prediction on at least
-``group_locality_min`` of the gate suite and keeps ``group_retention_min`` of the images earlier
-nights fixed right; the night then combines accepted groups. What happened to a group is the
-registry's own record type (``registry.GroupEdit``), so the flow and the registry never keep
-two versions of it.
+A unit is a subpopulation (edited as a scoped patch) or a (true, predicted) group (``units``).
+Each is edited on its own copy of the champion, so units can run in parallel (threads or Dask
+workers) and one unit's failure touches nothing else. A unit is accepted when its edit fixes
+every edit image it covers (reliability), keeps its confirmed-correct images right, keeps the
+champion's prediction on at least ``group_locality_min`` of the gate suite and keeps
+``group_retention_min`` of the images earlier nights fixed right; the night then combines
+accepted units. What happened to a unit is the registry's own record type
+(``registry.GroupEdit``), so the flow and the registry never keep two versions of it.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from __future__ import annotations
 import copy
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from monitoring.images import ImageStore
 from registry.record import ACCEPTED, ERROR, REJECTED, GroupEdit
 from vitedit_ops.device import resolve_device
-from vitedit_ops.editors import create_editor
+from vitedit_ops.editors import ScopedEditor, create_editor
+from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.gate import image_hashes
-from vitedit_ops.groups import ErrorGroup, ImageRef
+from vitedit_ops.groups import ImageRef
 from vitedit_ops.metrics import accuracy, predict_logits
-from vitedit_ops.preprocess import Preprocessor
 
 from .config import EditSettings
 from .lineage import ChampionContext
@@ -35,22 +35,31 @@ from .preserved import PreservedPool
 
 @dataclass(frozen=True)
 class GroupImages:
-    """A group's pixels (in [0, 1], model input size) and the predictions they came from."""
+    """A unit's pixels (in [0, 1], model input size) with their true classes: the errors it
+    edits on, its held-out errors (generalization, never shown to the editor) and, for a
+    subpopulation, the confirmed-correct images among them that must stay right. ``scoped``
+    units are edited as scoped patches."""
 
-    group: ErrorGroup
+    key: str
     edit_pixels: torch.Tensor
+    edit_labels: torch.Tensor
     edit_refs: tuple[ImageRef, ...]
     heldout_pixels: torch.Tensor
+    heldout_labels: torch.Tensor
     heldout_refs: tuple[ImageRef, ...]
-    in_suite: int = 0           # images left out because the gate suite holds them
+    keep_pixels: torch.Tensor
+    keep_labels: torch.Tensor
+    scoped: bool = False
 
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.full((len(self.edit_pixels),), self.group.true_class, dtype=torch.long)
-
-    @property
-    def heldout_labels(self) -> torch.Tensor:
-        return torch.full((len(self.heldout_pixels),), self.group.true_class, dtype=torch.long)
+    def covered(self, mask: list[bool]) -> GroupImages:
+        """The unit restricted to the edit and keep images ``mask`` (edit images first)
+        marks as covered by its scope."""
+        n = len(self.edit_pixels)
+        edit = torch.tensor(mask[:n], dtype=torch.bool)
+        keep = torch.tensor(mask[n:], dtype=torch.bool)
+        return replace(self, edit_pixels=self.edit_pixels[edit], edit_labels=self.edit_labels[edit],
+                       edit_refs=tuple(r for r, m in zip(self.edit_refs, mask[:n]) if m),
+                       keep_pixels=self.keep_pixels[keep], keep_labels=self.keep_labels[keep])
 
 
 @dataclass(frozen=True)
@@ -70,31 +79,11 @@ class GroupOutcome:
         return self.edit.accepted
 
     @classmethod
-    def failed(cls, group: ErrorGroup, error: str) -> GroupOutcome:
-        """A group whose images or edit raised: reported, nothing applied."""
-        return cls(GroupEdit(key=group.key, num_edit_images=len(group.edit_images),
-                             num_heldout_images=len(group.heldout_images), patch=None,
-                             outcome=ERROR, note=f"raised: {error}"))
-
-
-def load_group_images(context: ChampionContext, group: ErrorGroup,
-                      store: ImageStore) -> GroupImages:
-    """Verified pixels of a group's images, minus any the gate suite already holds."""
-    preprocessor = Preprocessor(context.spec)
-    suite_hashes = set(context.suite.hashes) | set(context.suite.retention_hashes)
-
-    def pixels(refs: tuple[ImageRef, ...]) -> tuple[torch.Tensor, tuple[ImageRef, ...]]:
-        if not refs:
-            return torch.empty(0, *context.spec.input_size), ()
-        stacked = torch.stack([preprocessor.pixels_from_pil(store.load_image(r.sha256))
-                               for r in refs])
-        keep = [i for i, h in enumerate(image_hashes(stacked)) if h not in suite_hashes]
-        return stacked[keep], tuple(refs[i] for i in keep)
-
-    edit, edit_refs = pixels(group.edit_images)
-    heldout, heldout_refs = pixels(group.heldout_images)
-    dropped = group.size - len(edit_refs) - len(heldout_refs)
-    return GroupImages(group, edit, edit_refs, heldout, heldout_refs, dropped)
+    def failed(cls, images: GroupImages, error: str) -> GroupOutcome:
+        """A unit whose edit raised: reported, nothing applied."""
+        return cls(GroupEdit(key=images.key, num_edit_images=len(images.edit_pixels),
+                             num_heldout_images=len(images.heldout_pixels), patch=None,
+                             outcome=ERROR, note=f"raised: {error}"), images)
 
 
 def suite_checks(context: ChampionContext, model: nn.Module) -> dict[str, float]:
@@ -124,40 +113,76 @@ def suite_problems(checks: dict[str, float], settings: EditSettings) -> list[str
 def edit_group(context: ChampionContext, images: GroupImages, settings: EditSettings,
                device: str | None = None, preserved: PreservedPool | None = None
                ) -> GroupOutcome:
-    """Edit a private copy of the champion on the group and check the edit on its own."""
+    """Edit a private copy of the champion on the unit and check the edit on its own."""
     worker = f"{socket.gethostname()}/{os.getpid()}"
-    sizes = {"key": images.group.key, "num_edit_images": len(images.edit_pixels),
-             "num_heldout_images": len(images.heldout_pixels)}
-    in_suite = (f"{images.in_suite} image(s) left out: in the gate suite"
-                if images.in_suite else "")
-    if len(images.edit_pixels) == 0:
-        return GroupOutcome(GroupEdit(**sizes, patch=None, outcome=REJECTED,
-                                      note="every edit image is in the gate suite",
-                                      worker=worker), images)
     target = resolve_device(device)
     model = copy.deepcopy(context.model).to(target)
     inputs = context.suite.inputs
-    edit_inputs = inputs(images.edit_pixels).to(target)
-    heldout_inputs = inputs(images.heldout_pixels)
-    before = {"reliability": accuracy(model, edit_inputs, images.labels),
-              "generalization": accuracy(model, heldout_inputs, images.heldout_labels),
-              "locality": 1.0}
     pool = inputs(preserved.pixels) if preserved is not None and len(preserved.pixels) \
         else None
-    editor = create_editor(settings.method, hypernet=context.hypernet, preserved=pool,
-                           **settings.editor_options())
-    result = editor.edit(model, edit_inputs, images.labels)
+    notes = []
+    if images.scoped:
+        editor = _scoped_editor(context, images, settings, preserved)
+    else:
+        editor = create_editor(settings.method, hypernet=context.hypernet, preserved=pool,
+                               **settings.editor_options())
+    train = torch.cat([images.edit_pixels, images.keep_pixels])
+    train_labels = torch.cat([images.edit_labels, images.keep_labels])
+    before = {**_measure(context, model, images, target), "locality": 1.0}
+    result = editor.edit(model, inputs(train).to(target), train_labels)
+    if "covered" in result.settings:
+        outside = len(train) - sum(result.settings["covered"])
+        images = images.covered(result.settings["covered"])
+        if outside:
+            notes.append(f"{outside} image(s) outside the fitted scope (errors among them are "
+                         "left for a later night)")
+    if len(images.edit_pixels) == 0:
+        return GroupOutcome(GroupEdit(
+            key=images.key, num_edit_images=0, num_heldout_images=len(images.heldout_pixels),
+            patch=None, outcome=REJECTED, note="; ".join(["no edit image left to fix"] + notes),
+            worker=f"{worker} ({target})"), images)
     result.patch.apply(model)
-    after = {"reliability": accuracy(model, edit_inputs, images.labels),
-             "generalization": accuracy(model, heldout_inputs, images.heldout_labels),
-             **suite_checks(context, model)}
+    after = {**_measure(context, model, images, target), **suite_checks(context, model)}
     problems = suite_problems(after, settings)
     if after["reliability"] < 1.0:
         problems.insert(0, f"fixes {after['reliability']:.0%} of its edit images "
                            f"in {result.steps} steps")
-    note = "; ".join(filter(None, ["; ".join(problems), in_suite]))
+    if after.get("kept", 1.0) < 1.0:
+        problems.append(f"keeps {after['kept']:.0%} of its confirmed-correct images right")
+    note = "; ".join(problems + notes)
     return GroupOutcome(GroupEdit(
-        **sizes, patch=None if problems else result.patch,
+        key=images.key, num_edit_images=len(images.edit_pixels),
+        num_heldout_images=len(images.heldout_pixels), patch=None if problems else result.patch,
         outcome=REJECTED if problems else ACCEPTED, success=result.success, steps=result.steps,
         seconds=result.seconds, before=before, after=after, mask_scores=result.mask_scores,
         kept_units=dict(result.kept_units), note=note, worker=f"{worker} ({target})"), images)
+
+
+def _measure(context: ChampionContext, model: nn.Module, images: GroupImages,
+             device: torch.device) -> dict[str, float]:
+    """Reliability (edit images right), generalization (held-out images right) and, for a
+    unit with confirmed-correct images, how many of them are right."""
+    inputs = context.suite.inputs
+    out = {"reliability": accuracy(model, inputs(images.edit_pixels).to(device),
+                                   images.edit_labels),
+           "generalization": accuracy(model, inputs(images.heldout_pixels),
+                                      images.heldout_labels)}
+    if len(images.keep_pixels):
+        out["kept"] = accuracy(model, inputs(images.keep_pixels), images.keep_labels)
+    return out
+
+
+def _scoped_editor(context: ChampionContext, images: GroupImages, settings: EditSettings,
+                   preserved: PreservedPool | None) -> ScopedEditor:
+    """The subpopulation recipe inside a scope fitted against the preserved pool, less this
+    unit's own confirmed-correct images (they belong inside)."""
+    if preserved is None or len(preserved.pixels) == 0:
+        raise InvalidInputError(f"{images.key}: a scoped edit needs a preserved pool "
+                                "(EditSettings.preserve)")
+    own = set(image_hashes(images.keep_pixels)) if len(images.keep_pixels) else set()
+    outside = [i for i, h in enumerate(preserved.hashes) if h not in own]
+    scoped = settings.scoped
+    inner = create_editor(scoped.method, hypernet=context.hypernet, **scoped.editor_options())
+    return ScopedEditor(inner=inner, window=context.hypernet.window(context.model),
+                        outside=context.suite.inputs(preserved.pixels[outside]),
+                        margin=scoped.margin, avoid_earlier=scoped.avoid_earlier)

@@ -42,21 +42,21 @@ class Fixes:
 
 def fixed_images(model: nn.Module, context: ChampionContext, images: Iterable[GroupImages],
                  applied: Iterable[str]) -> Fixes:
-    """Edit and held-out images of the ``applied`` groups that ``model`` now gets right."""
+    """Edit and held-out images of the ``applied`` units that ``model`` now gets right."""
     wanted = set(applied)
     pixels, labels, edited, groups, ids = [], [], [], [], []
-    for group in images:
-        if group.group.key not in wanted:
+    for unit in images:
+        if unit.key not in wanted:
             continue
-        batch = torch.cat([group.edit_pixels, group.heldout_pixels])
-        refs = (*group.edit_refs, *group.heldout_refs)
-        right = predict_logits(model, context.suite.inputs(batch)).argmax(-1) \
-            == group.group.true_class
+        batch = torch.cat([unit.edit_pixels, unit.heldout_pixels])
+        truth = torch.cat([unit.edit_labels, unit.heldout_labels])
+        refs = (*unit.edit_refs, *unit.heldout_refs)
+        right = predict_logits(model, context.suite.inputs(batch)).argmax(-1) == truth
         for i in torch.nonzero(right).flatten().tolist():
             pixels.append(batch[i])
-            labels.append(group.group.true_class)
-            edited.append(i < len(group.edit_pixels))
-            groups.append(group.group.key)
+            labels.append(int(truth[i]))
+            edited.append(i < len(unit.edit_pixels))
+            groups.append(unit.key)
             if refs[i].record_id:
                 ids.append(refs[i].record_id)
     empty = torch.empty(0, *context.spec.input_size)

@@ -24,6 +24,7 @@ from vitedit_ops.gate import Suite, load_suite
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import ModelSpec
+from vitedit_ops.scoped import STACK, scoped_patches
 
 _CACHE_SIZE = 2
 
@@ -44,12 +45,15 @@ class Drift:
     relation: str                       # "base" or "descendant"
     changed_tensors: tuple[str, ...]
     window_relative_change: float       # ||W - W_root|| / ||W_root|| over the edit window
+    scoped_patches: int = 0             # patches that apply inside their scopes only
 
     def summary(self) -> str:
         if self.relation == "base":
             return "the champion is the lineage root (no edits yet)"
-        return (f"{len(self.changed_tensors)} tensors changed since the lineage root, "
-                f"edit-window weights moved {self.window_relative_change:.2%} (relative L2)")
+        weights = [t for t in self.changed_tensors if t != STACK]
+        return (f"{len(weights)} tensors changed since the lineage root, edit-window weights "
+                f"moved {self.window_relative_change:.2%} (relative L2); "
+                f"{self.scoped_patches} scoped patch(es)")
 
 
 @dataclass
@@ -110,7 +114,8 @@ def _load(ref: ChampionRef) -> ChampionContext:
     else:
         root, _, _ = load_version(ref.name, info.base_version, tracking_uri=ref.tracking_uri)
         drift = Drift("descendant", lineage.changed_tensors,
-                      relative_change(root, model, hypernet.config.weight_names))
+                      relative_change(root, model, hypernet.config.weight_names),
+                      len(scoped_patches(model)))
     return ChampionContext(ref, info, model, spec, hypernet, suite, predictions, drift,
                            assets.preserved, workdir)
 

@@ -1,16 +1,17 @@
 """The ``nightly-edit`` flow: yesterday's production errors -> a gated, registered challenger.
 
-collect (monitoring) -> pin the champion, its hypernetwork and suite (registry) -> per error
-group: load its images, edit and check it alone (one task each, sharing a concurrency limit:
-one GPU; with the preserved pool when the editor takes one) -> stack the accepted groups on
-the champion -> export ONNX -> gate -> grow the suite with what was fixed -> register (challenger if the
-gate passed) -> ledger -> optional promotion. A group that raises or fails its checks is
-reported and left out; I/O tasks retry.
+collect every error of the window (monitoring) -> pin the champion, its hypernetwork and
+suite (registry) -> build the preserved pool -> plan the edit units: subpopulations of shifted
+images, each to be a scoped patch, and (true, predicted) groups (``units``) -> edit and check
+each unit alone (one task each, sharing a concurrency limit: one GPU) -> stack the accepted
+units on the champion -> export ONNX -> gate -> grow the suite with what was fixed ->
+register (challenger if the gate passed) -> ledger -> optional promotion. A unit that raises
+or fails its checks is reported and left out; I/O tasks retry.
 
 Idempotent: the key of (collected predictions, champion, settings) is a registry tag; a
 re-run that finds its version recovers from it (ledger, promotion) instead of editing again.
-Only the per-group tasks are submitted to the task runner; the rest runs in the flow process,
-so a Dask runner fans the edits out to its workers and nothing else.
+Only the per-unit edit tasks are submitted to the task runner; the rest runs in the flow
+process, so a Dask runner fans the edits out to its workers and nothing else.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ from vitedit_ops.settings import get_settings
 
 from .combine import Combination, combine
 from .config import EditSettings, idempotency_key
-from .edits import GroupImages, GroupOutcome, edit_group, load_group_images
+from .edits import GroupImages, GroupOutcome, edit_group
 from .fixes import Fixes, fixed_images, grow_suite
 from .lineage import ChampionContext, ChampionRef, champion_context, resolve_champion
 from .preserved import PreservedPool, build_preserved_pool
 from .record import build_record
+from .retrain import merged, retrain
+from .units import Plan, plan_units
 from .reporting import (ALREADY_REGISTERED, FAILED, NO_GROUP_ACCEPTED, NOTHING_TO_EDIT,
                         REGISTERED, NightlyResult, group_rows, publish_artifacts)
 
@@ -82,10 +85,10 @@ def collect_errors(model: str, since: datetime, until: datetime,
     """Misclassified production images not used by an earlier edit, grouped and split."""
     store = open_store()
     try:
+        # every error of the window: ``plan-edit-units`` chooses the units and their sizes
         return Collector(store, open_image_store()).collect(
             since, model, until=until, heldout_fraction=settings.heldout_fraction,
-            max_edit_images=settings.max_edit_images, min_group_size=settings.min_group_size,
-            seed=settings.seed)
+            max_edit_images=None, min_group_size=1, seed=settings.seed)
     finally:
         store.close()
 
@@ -103,9 +106,17 @@ def find_registered(ref: ChampionRef, key: str) -> VersionInfo | None:
     return version_by_key(ref.name, key, ref.tracking_uri)
 
 
-@task(name="load-group-images", **IO)
-def load_images(ref: ChampionRef, group: ErrorGroup) -> GroupImages:
-    return load_group_images(champion_context(ref), group, open_image_store())
+@task(name="plan-edit-units", **IO)
+def plan_edit_units(ref: ChampionRef, groups: list[ErrorGroup],
+                    preserved: PreservedPool | None, settings: EditSettings) -> Plan:
+    """The night's units: subpopulations (scoped) and (true, predicted) groups."""
+    plan = plan_units(champion_context(ref), groups, open_image_store(), preserved, settings)
+    get_run_logger().info(
+        "%d unit(s): %s; %d error(s) wait for a later night, %d unreadable, %d in the suite%s",
+        len(plan.units), ", ".join(f"{u.key} ({len(u.edit_pixels)}+{len(u.heldout_pixels)})"
+                                   for u in plan.units) or "none", plan.waiting,
+        plan.unreadable, plan.in_suite, "".join(f"; {n}" for n in plan.notes))
+    return plan
 
 
 @task(name="build-preserved-pool", **IO)
@@ -132,6 +143,16 @@ def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: 
     return outcome
 
 
+@task(name="retrain", cache_policy=NO_CACHE)
+def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: EditSettings,
+                      device: str | None, limit: str,
+                      preserved: PreservedPool | None) -> GroupOutcome:
+    """The retraining peer's one candidate, holding a slot of the shared limit."""
+    context = champion_context(ref)
+    with concurrency(limit, occupy=1, strict=True):
+        return retrain(context, units, settings, device, preserved)
+
+
 @task(name="combine-groups", cache_policy=NO_CACHE)
 def combine_groups(ref: ChampionRef, outcomes: list[GroupOutcome],
                    settings: EditSettings) -> Combination:
@@ -153,7 +174,7 @@ def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResul
     return run_gate(
         context.model, combination.model, context.suite, config,
         edit_images=torch.cat([i.edit_pixels for i in images]),
-        edit_labels=torch.cat([i.labels for i in images]),
+        edit_labels=torch.cat([i.edit_labels for i in images]),
         heldout_images=torch.cat([i.heldout_pixels for i in images]),
         heldout_labels=torch.cat([i.heldout_labels for i in images]),
         onnx_path=onnx.path, edited_params=combination.edited_params,
@@ -250,7 +271,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
 
     collection = collect_errors(plan.model, plan.since, plan.until, plan.settings)
     result = known(replace(progress[-1], collected=collection.summary.to_dict()))
-    groups = list(collection.groups[:plan.settings.max_groups])
+    groups = list(collection.groups)
     if not groups:
         return result
     ref = pin_champion(plan.model, plan.tracking_uri)
@@ -259,16 +280,22 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
     key = idempotency_key(plan.model, ref.version, context.info.fingerprint, ids,
                           plan.settings, plan.gate.to_dict())
     result = known(replace(result, champion_version=ref.version, drift=context.drift, key=key))
-    get_run_logger().info("champion v%s, %d group(s), key %s; %s", ref.version, len(groups),
-                          key, context.drift.summary())
-    loaded = _load_all(ref, groups)
+    get_run_logger().info("champion v%s, %d error(s) collected, key %s; %s", ref.version,
+                          collection.summary.images, key, context.drift.summary())
     existing = find_registered(ref, key)
     if existing is not None:
-        return _recover(plan, result, ref, context, existing, loaded)
+        return _recover(plan, result, ref, context, existing,
+                        plan_edit_units(ref, groups, None, plan.settings))
     ensure_limit(plan.edit_limit, plan.edit_slots)
     preserved = preserved_pool(ref, plan.since, plan.settings.preserved_limit) \
         if plan.settings.uses_preserved else None
-    outcomes = _edit_all(plan, ref, loaded, preserved)
+    units = plan_edit_units(ref, groups, preserved, plan.settings)
+    result = known(replace(result, collected={**result.collected, **units.summary()}))
+    if not units.units:
+        return result
+    outcomes = (_retrain(plan, ref, units.units, preserved)
+                if plan.settings.strategy == "retrain"
+                else _edit_all(plan, ref, units.units, preserved))
     result = known(replace(result, groups=group_rows(outcomes)))
     if not any(o.accepted for o in outcomes):
         return replace(result, status=NO_GROUP_ACCEPTED)
@@ -293,27 +320,27 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
                    registration.gate_passed, registration.aliases, fixes)
 
 
-def _load_all(ref: ChampionRef, groups: list[ErrorGroup]
-              ) -> list[tuple[ErrorGroup, GroupImages | str]]:
-    """Every group's pixels, or the error that kept them from loading."""
-    futures = [(g, load_images.with_options(task_run_name=f"images {g.key}").submit(ref, g))
-               for g in groups]
-    return [(g, _value_or_error(f)) for g, f in futures]
-
-
-def _edit_all(plan: NightPlan, ref: ChampionRef,
-              loaded: list[tuple[ErrorGroup, GroupImages | str]],
+def _edit_all(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],
               preserved: PreservedPool | None) -> list[GroupOutcome]:
-    """Every group's outcome, in collection order: edited, or the error that stopped it."""
-    futures = {g.key: edit.with_options(task_run_name=f"edit {g.key}").submit(
-                   ref, images, plan.settings, plan.device, plan.edit_limit, preserved)
-               for g, images in loaded if isinstance(images, GroupImages)}
+    """Every unit's outcome, in plan order: edited, or the error that stopped it."""
+    futures = [(u, edit.with_options(task_run_name=f"edit {u.key}").submit(
+                   ref, u, plan.settings, plan.device, plan.edit_limit, preserved))
+               for u in units]
     outcomes = []
-    for group, images in loaded:
-        outcome = _value_or_error(futures[group.key]) if group.key in futures else images
+    for unit, future in futures:
+        outcome = _value_or_error(future)
         outcomes.append(outcome if isinstance(outcome, GroupOutcome)
-                        else GroupOutcome.failed(group, str(outcome)))
+                        else GroupOutcome.failed(unit, str(outcome)))
     return outcomes
+
+
+def _retrain(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],
+             preserved: PreservedPool | None) -> list[GroupOutcome]:
+    """The retraining peer's one outcome (or the error that stopped it)."""
+    outcome = _value_or_error(retrain_candidate.submit(ref, units, plan.settings, plan.device,
+                                                       plan.edit_limit, preserved))
+    return [outcome if isinstance(outcome, GroupOutcome)
+            else GroupOutcome.failed(merged(units), str(outcome))]
 
 
 def _value_or_error(future: PrefectFuture) -> object:
@@ -326,16 +353,14 @@ def _value_or_error(future: PrefectFuture) -> object:
 
 
 def _recover(plan: NightPlan, result: NightlyResult, ref: ChampionRef,
-             context: ChampionContext, info: VersionInfo,
-             loaded: list[tuple[ErrorGroup, GroupImages | str]]) -> NightlyResult:
+             context: ChampionContext, info: VersionInfo, units: Plan) -> NightlyResult:
     """This night's version exists (an earlier attempt registered it): finish its work."""
     model, report, url = registered_version(ref, info)
     applied = info.edited_groups
-    fixes = fixed_images(model, context, [i for _, i in loaded if isinstance(i, GroupImages)],
-                         applied)
-    rows = [{"group": g.key, "edit": len(g.edit_images), "heldout": len(g.heldout_images),
-             "outcome": "applied" if g.key in applied else "not applied",
-             "note": f"registered earlier as v{info.version}"} for g, _ in loaded]
+    fixes = fixed_images(model, context, units.units, applied)
+    rows = [{"group": u.key, "edit": len(u.edit_pixels), "heldout": len(u.heldout_pixels),
+             "outcome": "applied" if u.key in applied else "not applied",
+             "note": f"registered earlier as v{info.version}"} for u in units.units]
     result = replace(result, status=ALREADY_REGISTERED, gate=report, run_url=url, groups=rows)
     return _finish(plan, result, info.version, info.run_id, info.gate_passed, info.aliases,
                    fixes)

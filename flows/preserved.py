@@ -18,6 +18,7 @@ from monitoring.collector import Collector
 from monitoring.images import ImageStore
 from monitoring.store import MonitoringStore
 from vitedit_ops.gate import image_hashes
+from vitedit_ops.gate.suite import UNKNOWN_LABEL
 from vitedit_ops.preprocess import Preprocessor
 
 from .lineage import ChampionContext
@@ -25,11 +26,13 @@ from .lineage import ChampionContext
 
 @dataclass(frozen=True)
 class PreservedPool:
-    """Pixels in [0, 1] with their hashes, and how many came from production."""
+    """Pixels in [0, 1] with their hashes and true classes (``UNKNOWN_LABEL`` for the base's
+    pool); the first ``from_production`` images came from production."""
 
     pixels: torch.Tensor
     hashes: tuple[str, ...]
     from_production: int
+    labels: torch.Tensor
 
 
 def build_preserved_pool(context: ChampionContext, store: MonitoringStore, images: ImageStore,
@@ -42,8 +45,11 @@ def build_preserved_pool(context: ChampionContext, store: MonitoringStore, image
     if context.base_preserved is not None:
         parts.append(context.base_preserved)
     if not parts:
-        return PreservedPool(torch.empty(0, *context.spec.input_size), (), 0)
+        return PreservedPool(torch.empty(0, *context.spec.input_size), (), 0,
+                             torch.empty(0, dtype=torch.long))
     pixels = torch.cat(parts)
+    labels = torch.cat([torch.tensor([c.true_class for c in confirmed], dtype=torch.long),
+                        torch.full((len(pixels) - len(confirmed),), UNKNOWN_LABEL)])
     excluded = set(context.suite.hashes) | set(context.suite.retention_hashes)
     keep, hashes = [], []
     for i, digest in enumerate(image_hashes(pixels)):
@@ -53,4 +59,4 @@ def build_preserved_pool(context: ChampionContext, store: MonitoringStore, image
             hashes.append(digest)
     context.suite.assert_disjoint(hashes, what="preserved pool")
     return PreservedPool(pixels[keep], tuple(hashes),
-                         sum(1 for i in keep if i < len(confirmed)))
+                         sum(1 for i in keep if i < len(confirmed)), labels[keep])

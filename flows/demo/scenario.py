@@ -2,9 +2,9 @@
 
 Clean traffic comes from the validation pool and part of the train pool, never from the
 locality pool (the gate suite) or the preserved pool (registered with the base: held-out
-images every edit must keep); each day also brings a shifted subpopulation the model was not trained for:
-digits written with a thick pen (thickened strokes), each day from its own half of the shift
-pool.
+images every edit must keep); each day also brings a shifted subpopulation the model was not
+trained for: digits written with a thick pen (thickened strokes), each day from its own half
+of the shift pool.
 Requests are shuffled so a day mixes them, as production does.
 """
 

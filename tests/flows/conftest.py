@@ -43,6 +43,7 @@ class TinyLineage:
     production: torch.Tensor     # pixels in [0, 1]: digits written with a thicker pen
     labels: torch.Tensor
     predictions: torch.Tensor    # the base model's, as serving saw them
+    clean: torch.Tensor          # clean digits none of the above holds (held-out pools)
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +100,8 @@ def lineage(tmp_path_factory: pytest.TempPathFactory) -> TinyLineage:
         torch.set_num_threads(threads)
     onnx = export_onnx(model, spec.input_size, root / "base.onnx")
     return TinyLineage(spec, checkpoint, onnx, suite_dir, root / "hypernet", shifted,
-                       labels[production], predictions)
+                       labels[production], predictions,
+                       pixels[order[TRAIN + SUITE + PRODUCTION:]])
 
 
 @pytest.fixture(scope="session")
@@ -174,6 +176,21 @@ class Night:
         found = MlflowClient(self.tracking_uri).search_model_versions(f"name = '{self.name}'")
         return sorted((str(v.version) for v in found), key=int)
 
+    def ledger_images(self) -> list[tuple[str, str]]:
+        """(prediction id, image sha256) of every prediction in the edit ledger."""
+        import sqlalchemy as sa
+
+        from monitoring import open_store
+        from monitoring.schema import EditLedger
+
+        store = open_store()
+        try:
+            with store.read() as conn:
+                return [tuple(r) for r in conn.execute(
+                    sa.select(EditLedger.prediction_id, EditLedger.image_sha256))]
+        finally:
+            store.close()
+
     def ledger(self) -> list[tuple[str, str, str]]:
         import sqlalchemy as sa
 
@@ -200,12 +217,13 @@ def night(request: pytest.FixtureRequest, lineage: TinyLineage,
     from monitoring import open_store
     from registry.base import register_base
 
-    def make(suffix: str = "", serve: bool = True, uri: str | None = None) -> Night:
+    def make(suffix: str = "", serve: bool = True, uri: str | None = None,
+             preserved: torch.Tensor | None = None) -> Night:
         name = ("f-" + request.node.name + suffix).replace("[", "-").replace("]", "")[:90]
         uri = uri or tracking_uri
         register_base(lineage.checkpoint, lineage.suite_dir, name=name, onnx=lineage.onnx,
                       tracking_uri=uri)
-        register_hypernet(name, "1", lineage.hypernet_dir, tracking_uri=uri)
+        register_hypernet(name, "1", lineage.hypernet_dir, preserved, tracking_uri=uri)
         store = open_store()
         store.register_model(name, NUM_CLASSES)
         store.close()

@@ -55,19 +55,17 @@ def _last_flow_run() -> object:
 
 
 def _group_images(name: str, rank: int) -> list[str]:
-    """The sha256 of the edit images of the night's ``rank``-th largest group (as the flow's
-    collector will see it with the test settings)."""
+    """The sha256 of the images of the night's ``rank``-th largest (true, predicted) group."""
     store = open_store()
     try:
         groups = Collector(store, open_image_store()).collect(
-            datetime.now(UTC) - timedelta(days=7), name, max_edit_images=4,
-            min_group_size=3).groups
+            datetime.now(UTC) - timedelta(days=7), name, min_group_size=3).groups
     finally:
         store.close()
-    return [ref.sha256 for ref in groups[rank].edit_images]
+    return [ref.sha256 for ref in (*groups[rank].edit_images, *groups[rank].heldout_images)]
 
 
-def test_a_group_that_raises_is_reported_and_the_others_are_registered(night):
+def test_a_corrupt_image_costs_that_image_not_its_group_or_the_night(night):
     n = night()
     broken = _group_images(n.name, 1)[0]
     blob = Path(open_image_store().uri_for(broken).removeprefix("file://"))
@@ -75,19 +73,39 @@ def test_a_group_that_raises_is_reported_and_the_others_are_registered(night):
     blob.write_bytes(original[:-40] + b"\0" * 40)  # bit rot: the hash no longer matches
 
     first = n.run()
-    failed = [g for g in first.groups if g["outcome"] == ERROR]
-    assert len(failed) == 1 and "corrupt" in failed[0]["note"]
+    assert first.collected["unreadable"] == 1
     assert first.status == REGISTERED and first.gate_passed and first.version == "2"
-    assert failed[0]["group"] not in _ready_edits(n.tracking_uri, n.name)[0].tags[
-        versions.EDITED_GROUPS].split(",")
+    assert broken not in {sha for _, sha in n.ledger_images()}
 
-    blob.write_bytes(original)  # the blob is restored from backup; the group comes back
+    blob.write_bytes(original)  # restored from backup: the image is collected again
     second = n.run()
-    assert all(g["outcome"] != ERROR for g in second.groups)
-    assert failed[0]["group"] in [g["group"] for g in second.groups]
+    assert second.collected["unreadable"] == 0
     ledger = n.ledger()
     assert len({pid for _, _, pid in ledger}) == len(ledger)  # no prediction used twice
-    assert len(_ready_edits(n.tracking_uri, n.name)) == 1 + (second.status == REGISTERED)
+
+
+def test_a_unit_whose_edit_raises_is_reported_and_the_others_are_registered(night,
+                                                                            monkeypatch):
+    import flows.nightly as nightly
+
+    real = nightly.edit_group
+    doomed: list[str] = []
+
+    def failing(context, images, *args, **kwargs):  # noqa: ANN001 - the task's own call
+        if not doomed:
+            doomed.append(images.key)
+        if images.key == doomed[0]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(context, images, *args, **kwargs)
+
+    monkeypatch.setattr(nightly, "edit_group", failing)
+    n = night()
+    result = n.run()
+    failed = [g for g in result.groups if g["outcome"] == ERROR]
+    assert [g["group"] for g in failed] == doomed and "illegal memory access" in failed[0]["note"]
+    assert result.status == REGISTERED and result.gate_passed
+    assert doomed[0] not in _ready_edits(n.tracking_uri, n.name)[0].tags[
+        versions.EDITED_GROUPS].split(",")
 
 
 @pytest.mark.slow
