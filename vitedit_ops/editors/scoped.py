@@ -37,7 +37,15 @@ class ScopedEditor(Editor):
     outside: torch.Tensor
     margin: float = 0.0
     avoid_earlier: bool = True
+    continues: float = 0.25  # an earlier scope covering this share of the images is continued
     name: str = "scoped"
+
+    def avoided(self, model: nn.Module, inside_keys: torch.Tensor) -> list[ScopedPatch]:
+        """Earlier patches whose images the new scope must leave out: every one but those
+        whose scope already covers ``continues`` of the new images (errors their patch left
+        unfixed: the new patch continues that work where the old scope is)."""
+        return [p for p in scoped_patches(model)
+                if float(p.scope.covers(inside_keys).float().mean()) < self.continues]
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
         images, labels = validate_edit_inputs(model, images, labels)
@@ -46,7 +54,7 @@ class ScopedEditor(Editor):
                                     "scope (a preserved pool)")
         inside_keys = window_keys(model, self.window, images)
         outside_keys = window_keys(model, self.window, self.outside)
-        earlier = all_keys(scoped_patches(model)) if self.avoid_earlier else None
+        earlier = all_keys(self.avoided(model, inside_keys)) if self.avoid_earlier else None
         negatives = outside_keys if earlier is None else torch.cat([outside_keys, earlier])
         fit = fit_scope(inside_keys, negatives, outside_keys, prefix_tokens(model),
                         margin=self.margin)
