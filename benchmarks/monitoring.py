@@ -28,12 +28,12 @@ from typing import Any
 import sqlalchemy as sa
 from PIL import Image
 
-from .collector import Collector
-from .images import ImageStore
-from .ingest import Kind, ingest_file
-from .logger import PredictionLogger
-from .schema import EditLedger, Feedback, Prediction, table_of
-from .store import MonitoringStore, open_store
+from monitoring.collector import Collector
+from monitoring.images import ImageStore
+from monitoring.ingest import Kind, ingest_file
+from monitoring.logger import PredictionLogger
+from monitoring.schema import EditLedger, Feedback, Prediction, table_of
+from monitoring.store import MonitoringStore, open_store
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 COLLECTOR_GOAL_S = 2.0

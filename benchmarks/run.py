@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from ..hypernet import MaskHypernet
-from ..preprocess import Preprocessor
-from ..reference import Reference
-from .cases import make_cases
+from vitedit_ops.edit_cases import make_cases
+from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.preprocess import Preprocessor
+from vitedit_ops.reference import Reference
+
 from .cost import (flops_per_iteration, iteration_time_ratio, metatrain_speedup,
                    peak_memory_ratio, vit_b16_flops)
 from .frontier import matched_comparison, point_means
@@ -153,7 +154,7 @@ def _operating_point(comparisons: list[dict[str, Any]], family: str, k: int,
 
 def product_defaults() -> dict[str, Any]:
     """The localized editor's default settings: what "localized (product)" runs."""
-    from ..editors import LocalizedEditor, default_optim
+    from vitedit_ops.editors import LocalizedEditor, default_optim
 
     skip = {"hypernet", "optim", "replay_pool", "name"}
     out = {f.name: f.default for f in fields(LocalizedEditor) if f.name not in skip}

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from vitedit_ops.bench.run import PAPER, PRODUCT, BenchConfig, run_benchmark
+from benchmarks.run import PAPER, PRODUCT, BenchConfig, run_benchmark
 
 FAMILIES = {PRODUCT, PAPER, "random mask", "random mask + product options",
             "localized, previous default", "window FT", "FT-L1", "FT-L2", "LoRA", "full FT"}
@@ -80,7 +80,7 @@ def test_comparisons_and_sequential_and_cost_are_reported(quick):
 
 @pytest.mark.slow
 def test_editing_pools_are_disjoint_from_evaluation_sets(trained_reference):
-    from vitedit_ops.bench.setting import build_setting
+    from benchmarks.setting import build_setting
     from vitedit_ops.reference import assert_disjoint
 
     reference, _d, _h = trained_reference
