@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -37,6 +38,20 @@ def test_paired_difference_uses_shared_cases_only():
     d = paired_difference(rows, ("a", "-", 1, 1), ("b", "-", 1, 1))
     assert d["n"] == 5 and d["low"] < d["mean"] < d["high"]
     assert d["mean"] == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("n, t975", [(2, 12.7062), (12, 2.2010), (31, 2.0423), (80, 1.9905)])
+def test_paired_interval_uses_the_student_t_quantile_of_its_degrees_of_freedom(n, t975):
+    """Quantiles from a printed t-table (dof 1, 11, 30, 79): a coarse table or the normal
+    1.96 for large samples would give another half-width."""
+    diffs = [0.1 + (0.2 if c % 2 else -0.2) for c in range(n)]
+    rows = [_row("a", 1, c, 0.5 + d, 1) for c, d in enumerate(diffs)] + \
+           [_row("b", 1, c, 0.5, 1) for c in range(n)]
+    d = paired_difference(rows, ("a", "-", 1, 1), ("b", "-", 1, 1))
+    half_width = t975 * statistics.stdev(diffs) / math.sqrt(n)
+    assert d["n"] == n
+    assert (d["high"] - d["low"]) / 2 == pytest.approx(half_width, rel=2e-4)
+    assert (d["high"] + d["low"]) / 2 == pytest.approx(statistics.fmean(diffs))
 
 
 def test_operating_points_are_chosen_on_the_selection_half():
