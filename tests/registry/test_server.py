@@ -79,3 +79,70 @@ def test_connect_retries_are_bounded(monkeypatch, dead_url):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(RegistryUnavailableError, match="after 1 attempts"):
         connect(dead_url)
+
+
+class _Health:
+    """A loopback HTTP server whose ``/health`` answers ``statuses`` in turn (the last one
+    from then on), counting the requests it got: a server still starting up."""
+
+    def __init__(self, *statuses: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                status = statuses[min(outer.requests, len(statuses) - 1)]
+                outer.requests += 1
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_server_that_answers_503_while_starting_is_waited_for(monkeypatch):
+    from registry.client import wait_for_server
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    health = _Health(503, 503, 200)
+    try:
+        wait_for_server(health.url)
+    finally:
+        health.close()
+    assert health.requests == 3
+
+
+def test_a_server_that_never_gets_healthy_is_named_with_its_last_answer(monkeypatch):
+    from registry.client import wait_for_server
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    health = _Health(503)
+    try:
+        with pytest.raises(RegistryUnavailableError, match=r"after 3 attempts \(HTTP 503\)"):
+            wait_for_server(health.url)
+    finally:
+        health.close()
+    assert health.requests == 3
+    not_mlflow = _Health(404)  # a wrong URL: asking again will not help
+    try:
+        with pytest.raises(RegistryUnavailableError, match=r"after 1 attempts \(HTTP 404\)"):
+            wait_for_server(not_mlflow.url)
+    finally:
+        not_mlflow.close()
+    assert not_mlflow.requests == 1
