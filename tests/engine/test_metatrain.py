@@ -92,3 +92,20 @@ def test_meta_training_leaves_the_base_model_trainable_flags_alone():
     model = tiny_vit()
     meta_train(model, _images(), MetaTrainConfig(**{**FAST, "iterations": 1}))
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_resuming_with_other_settings_is_refused_as_bad_input(tmp_path):
+    from vitedit_ops.errors import InvalidInputError
+
+    model, images, out = tiny_vit(), _images(), tmp_path / "hn"
+
+    def stop(iteration, _total, _entry):
+        if iteration == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(model, images, MetaTrainConfig(**FAST, checkpoint_every=1), out_dir=out,
+                   on_iteration=stop)
+    other = MetaTrainConfig(**{**FAST, "inner_steps": 3}, checkpoint_every=1)
+    with pytest.raises(InvalidInputError, match="other meta-training settings"):
+        meta_train(model, images, other, out_dir=out)
