@@ -16,7 +16,8 @@ DOCS = Path("docs")
 def bench(
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (a few minutes)."),
     out: Path | None = typer.Option(None, help="Results directory (default bench-results/<time>)."),
-    cases: int = typer.Option(60, help="Paired edit cases (half select, half report)."),
+    cases: int | None = typer.Option(None, min=2, help="Paired edit cases (half select, half "
+                                     "report; default 60, 6 with --quick)."),
     write_docs: bool | None = typer.Option(None, "--write-docs/--no-write-docs",
                                            help="Copy the report to docs/ (default: full runs of every "
                                            "family)."),
