@@ -21,7 +21,7 @@ from vitedit_ops.export import ExportResult
 from vitedit_ops.models import fingerprint
 
 
-@pytest.mark.server
+@pytest.mark.server("mlflow")
 def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite, good_edit,
                                           run_cli, monkeypatch, tmp_path):
     monkeypatch.setenv("VITEDIT_MLFLOW_TRACKING_URI", mlflow_server)
