@@ -168,7 +168,7 @@ def test_a_window_scores_only_rates_that_keep_locality(vit):
     groups = [GroupInputs("noise", 1, 0, torch.randn(6, 3, 16, 16))]
     locality = torch.randn(20, 3, 16, 16)
     base = vit(locality).argmax(-1)
-    cases = make_cases(groups, 1, 2, min_eval=2)
+    cases = make_cases(groups, 1, 1, min_eval=2)
     before = [p.detach().clone() for p in vit.parameters()]
     kept = score_window(vit, (2, 3), groups, cases, locality, base, (1e-2,), 0.0, 1)
     assert all(torch.equal(a, b) for a, b in zip(before, vit.parameters()))  # reverted

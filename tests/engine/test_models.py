@@ -48,7 +48,7 @@ def test_a_missing_checkpoint_is_named_before_its_missing_config(tmp_path):
 
 
 def test_the_cli_reports_a_missing_checkpoint_file_in_one_line_with_exit_2(tmp_path, capsys):
-    from tests.cli_run import run
+    from ..cli_run import run
 
     code, output = run(["export", "-c", tmp_path / "nope.safetensors", "-o",
                         tmp_path / "m.onnx"], capsys)
