@@ -107,42 +107,42 @@ class _Health:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def close(self) -> None:
+    def __enter__(self) -> "_Health":
+        return self
+
+    def __exit__(self, *_exc) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
-def test_a_server_that_answers_503_while_starting_is_waited_for(monkeypatch):
+@pytest.fixture
+def retries(monkeypatch):
+    """Set MLflow's retry count for the health check; no backoff, so the tests wait for
+    nothing but the answers."""
     from registry.client import wait_for_server
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    health = _Health(503, 503, 200)
-    try:
-        wait_for_server(health.url)
-    finally:
-        health.close()
+
+    def check(count: int, url: str) -> None:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(count))
+        wait_for_server(url)
+    return check
+
+
+def test_a_server_that_answers_503_while_starting_is_waited_for(retries):
+    with _Health(503, 503, 200) as health:
+        retries(3, health.url)
     assert health.requests == 3
 
 
-def test_a_server_that_never_gets_healthy_is_named_with_its_last_answer(monkeypatch):
-    from registry.client import wait_for_server
-
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    health = _Health(503)
-    try:
-        with pytest.raises(RegistryUnavailableError, match=r"after 3 attempts \(HTTP 503\)"):
-            wait_for_server(health.url)
-    finally:
-        health.close()
+def test_a_server_that_never_gets_healthy_is_named_with_its_last_answer(retries):
+    with _Health(503) as health, pytest.raises(RegistryUnavailableError,
+                                               match=r"after 3 attempts \(HTTP 503\)"):
+        retries(2, health.url)
     assert health.requests == 3
-    not_mlflow = _Health(404)  # a wrong URL: asking again will not help
-    try:
-        with pytest.raises(RegistryUnavailableError, match=r"after 1 attempts \(HTTP 404\)"):
-            wait_for_server(not_mlflow.url)
-    finally:
-        not_mlflow.close()
+    # a wrong URL: asking again will not help
+    with _Health(404) as not_mlflow, pytest.raises(RegistryUnavailableError,
+                                                   match=r"after 1 attempts \(HTTP 404\)"):
+        retries(2, not_mlflow.url)
     assert not_mlflow.requests == 1
