@@ -19,6 +19,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
+from vitedit_ops.errors import InvalidInputError
+
 from .validation import Reason, Rejected
 
 #: Largest image (width x height) decoded anywhere; a 8K x 5K photo fits, a bomb does not.
@@ -29,7 +31,7 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
-class ImageIntegrityError(Exception):
+class ImageIntegrityError(InvalidInputError):
     """A stored blob does not hash to its name, or is missing."""
 
 

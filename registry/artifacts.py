@@ -17,10 +17,10 @@ from typing import Any
 
 from torch import nn
 
-from vitedit_ops import plots
 from vitedit_ops.export import file_sha256
 from vitedit_ops.models import ModelSpec, save_model
 
+from . import plots
 from .record import GENERALIZATION, LOCALITY, EditRunRecord, GroupEdit, slug
 
 GATE_JSON = "gate/gate_report.json"

@@ -26,6 +26,7 @@ TrackingUri = Annotated[str | None, typer.Option(
 ModelName = Annotated[str | None, typer.Option(
     "--model", help="Registered model name (default: VITEDIT_REGISTERED_MODEL).")]
 Alias = Annotated[str, typer.Option("--alias", help="Alias to move.")]
+ShownAlias = Annotated[str, typer.Option("--alias", help="Alias whose moves to print.")]
 
 
 def _guard(action: Callable[[], T]) -> T:
@@ -103,7 +104,7 @@ def rollback_command(
 
 def history_command(
     model: ModelName = None,
-    alias: Alias = "champion",
+    alias: ShownAlias = "champion",
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Print the alias's timeline: every promotion and rollback, oldest first."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from vitedit_ops.settings import get_settings
 
@@ -33,6 +34,8 @@ HTTP_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",  # a nightly job on a private network does not phone home
 }
 HEALTH_TIMEOUT_SECONDS = 5.0
+# a server starting, restarting or overloaded answers these; any other status will not change
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -64,24 +67,28 @@ def connect(tracking_uri: str | None = None) -> Connection:
 
 
 def wait_for_server(uri: str) -> None:
-    """GET ``/health`` with MLflow's retry count and backoff; one clear error if it never
-    answers."""
+    """GET ``/health`` with MLflow's retry count and backoff (urllib3's ``Retry``, as MLflow's
+    own HTTP client uses them); one clear error if it never answers."""
     retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
     backoff = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
     timeout = min(HEALTH_TIMEOUT_SECONDS, float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]))
-    last = "no answer"
-    for attempt in range(retries + 1):
+    retry = Retry(total=retries, backoff_factor=backoff, status_forcelist=RETRY_STATUSES,
+                  allowed_methods={"GET"}, raise_on_status=False)
+    with requests.Session() as session:
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        attempts = retries + 1  # a connection error is retried until the budget is spent
         try:
-            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+            response = session.get(uri.rstrip("/") + "/health", timeout=timeout)
             if response.status_code == 200:
                 return
             last = f"HTTP {response.status_code}"
+            if response.raw.retries is not None:  # a status not worth retrying stops early
+                attempts = len(response.raw.retries.history) + 1
         except requests.RequestException as exc:
             last = type(exc).__name__
-        if attempt < retries:
-            time.sleep(backoff * 2 ** attempt)
     raise RegistryUnavailableError(
-        f"MLflow server {uri} is unreachable after {retries + 1} attempts ({last}); check "
+        f"MLflow server {uri} is unreachable after {attempts} attempts ({last}); check "
         f"VITEDIT_MLFLOW_TRACKING_URI or MLFLOW_HTTP_REQUEST_MAX_RETRIES")
 
 

@@ -1,4 +1,5 @@
-"""Suite-wide fixtures: an isolated VITEDIT_HOME per test and one real reference build.
+"""Suite-wide fixtures: an isolated VITEDIT_HOME per test, one real reference build, and the
+real servers (``mlflow server``, ``prefect server``) the tests marked ``server`` ask for.
 
 The reference model is trained with the real recipe once per session (the slow tests of
 several packages share it, read-only); its hypernetwork is meta-trained with a short budget,
@@ -8,10 +9,14 @@ enough for real masks, not for quality figures (those come from `vitedit-ops ben
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from .helpers.servers import Server, free_port, new_mlflow_server, new_prefect_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -41,3 +46,43 @@ def trained_reference(tmp_path_factory: pytest.TempPathFactory):
     reference = build_reference(TrainConfig(seed=0), reference_dir=directory, device="cpu",
                                 progress=False, hypernet_builder=hypernet_builder(config))
     return reference, directory, MaskHypernet.load(hypernet_path(reference.card, directory))
+
+
+SERVERS = {"mlflow": new_mlflow_server, "prefect": new_prefect_server}
+_servers: dict[str, Server] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the servers the selected tests ask for (``@pytest.mark.server("mlflow")``) as
+    soon as they are known: their ~15-25 s start-ups then overlap with the tests that run
+    first. One of each for the whole session; tests use their own model names in them."""
+    wanted = {name for item in session.items for marker in item.iter_markers("server")
+              for name in marker.args}
+    for name in sorted(wanted):
+        if name not in SERVERS:
+            raise pytest.UsageError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+        root = Path(tempfile.mkdtemp(prefix=f"vitedit-test-{name}-"))
+        _servers[name] = SERVERS[name](root, free_port()).launch()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for server in _servers.values():
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+def _server(name: str) -> Server:
+    assert name in _servers, f'mark the test @pytest.mark.server("{name}")'
+    return _servers[name].ready()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_process() -> Server:
+    """A real ``mlflow server`` on loopback (one worker), its SQLite store in ``.root``."""
+    return _server("mlflow")
+
+
+@pytest.fixture(scope="session")
+def prefect_server_process() -> Server:
+    """A real ``prefect server start`` on loopback with its own PREFECT_HOME in ``.root``."""
+    return _server("prefect")

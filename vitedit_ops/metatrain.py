@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .editors.base import frozen
+from .errors import InvalidInputError
 from .episodes import EpisodeBatch, create_episodes, patch_grid
 from .forward import SplitForward, pooled_embedding
 from .hypernet import MASK_SHARPNESS, MaskHypernet, new_hypernet
@@ -285,8 +286,8 @@ def _resume(path: Path, config: MetaTrainConfig, hypernet: MaskHypernet,
             ) -> tuple[int, list[dict[str, Any]]]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config_fingerprint"] != config.fingerprint():
-        raise ValueError(f"checkpoint {path} was written with other meta-training settings; "
-                         "delete it or use a new output directory")
+        raise InvalidInputError(f"checkpoint {path} was written with other meta-training "
+                                "settings; delete it or use a new output directory")
     hypernet.load_state_dict(state["hypernet"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -14,14 +14,14 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
 
 from . import scoped
 from .errors import CheckpointError
 
 SPEC_SUFFIX = ".json"
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 
 
 @dataclass
@@ -105,25 +105,27 @@ class ModelSpec:
                 "crop_mode": "center"}
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read weights from safetensors or a weights-only torch file; never unpickle code."""
-    path = Path(path)
+def _require_file(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights from safetensors or a weights-only torch file; never unpickle code.
+
+    timm's reader unwraps training checkpoints (EMA weights first, then ``state_dict`` or
+    ``model``) and strips DDP / torch.compile key prefixes; ``weights_only`` loading refuses
+    any pickle that would build objects other than tensors and plain containers.
+    """
+    path = Path(path)
+    _require_file(path)
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = timm_load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, truncated...
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
-    for key in _WRAPPER_KEYS:
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def _spec_beside(checkpoint: Path) -> Path | None:
@@ -144,6 +146,7 @@ def load_model(checkpoint: str | Path, spec: ModelSpec | str | Path | None = Non
     unless ``allow_nonfinite`` (the gate loads a broken candidate to fail it by name).
     """
     checkpoint = Path(checkpoint)
+    _require_file(checkpoint)  # before looking for its config: name the real problem
     if isinstance(spec, (str, Path)):
         spec = ModelSpec.load(spec)
     if spec is None and architecture is None:

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
-from vitedit_ops.bench.cases import BenchGroup, make_cases
-from vitedit_ops.bench.frontier import (best_point, interpolated_gr, matched_comparison,
-                                        paired_difference, point_means)
+from benchmarks.frontier import (best_point, interpolated_gr, matched_comparison,
+                                 paired_difference, point_means)
+from vitedit_ops.edit_cases import GroupInputs, make_cases
 
 
 def _row(family, lr, case, gr, loc, split="eval", k=1, knob="-"):
@@ -39,6 +40,20 @@ def test_paired_difference_uses_shared_cases_only():
     assert d["mean"] == pytest.approx(0.04)
 
 
+@pytest.mark.parametrize("n, t975", [(2, 12.7062), (12, 2.2010), (31, 2.0423), (80, 1.9905)])
+def test_paired_interval_uses_the_student_t_quantile_of_its_degrees_of_freedom(n, t975):
+    """Quantiles from a printed t-table (dof 1, 11, 30, 79): a coarse table or the normal
+    1.96 for large samples would give another half-width."""
+    diffs = [0.1 + (0.2 if c % 2 else -0.2) for c in range(n)]
+    rows = [_row("a", 1, c, 0.5 + d, 1) for c, d in enumerate(diffs)] + \
+           [_row("b", 1, c, 0.5, 1) for c in range(n)]
+    d = paired_difference(rows, ("a", "-", 1, 1), ("b", "-", 1, 1))
+    half_width = t975 * statistics.stdev(diffs) / math.sqrt(n)
+    assert d["n"] == n
+    assert (d["high"] - d["low"]) / 2 == pytest.approx(half_width, rel=2e-4)
+    assert (d["high"] + d["low"]) / 2 == pytest.approx(statistics.fmean(diffs))
+
+
 def test_operating_points_are_chosen_on_the_selection_half():
     rows = []
     for c in range(10):
@@ -52,8 +67,8 @@ def test_operating_points_are_chosen_on_the_selection_half():
 
 def test_cases_are_disjoint_within_a_group_and_nested_across_k():
     import torch
-    groups = [BenchGroup("rot", 1, 7, torch.zeros(14, 3, 4, 4)),
-              BenchGroup("rot", 2, 3, torch.zeros(6, 3, 4, 4))]
+    groups = [GroupInputs("rot", 1, 7, torch.zeros(14, 3, 4, 4)),
+              GroupInputs("rot", 2, 3, torch.zeros(6, 3, 4, 4))]
     cases = make_cases(groups, max_k=4, count=10, seed=0)
     per_group = {}
     for case in cases:
@@ -74,13 +89,13 @@ def test_parallel_grid_gives_the_same_rows_as_a_serial_run():
     import timm
     import torch
 
-    from vitedit_ops.bench.grid import EvalSets, MethodPoint, run_grid
+    from benchmarks.grid import EvalSets, MethodPoint, run_grid
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5,
                               img_size=16, patch_size=4, embed_dim=32, depth=4,
                               num_heads=2).eval()
-    groups = [BenchGroup("noise", 1, 0, torch.randn(8, 3, 16, 16))]
+    groups = [GroupInputs("noise", 1, 0, torch.randn(8, 3, 16, 16))]
     locality = torch.randn(10, 3, 16, 16)
     evals = EvalSets(locality, model(locality).argmax(-1), torch.arange(3), groups)
     cases = make_cases(groups, 2, 2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitedit_ops.bench.cases import BenchGroup, make_cases
-from vitedit_ops.bench.grid import EvalSets, MethodPoint, run_grid
-from vitedit_ops.bench.journal import RowJournal, job_key
+from benchmarks.grid import EvalSets, MethodPoint, run_grid
+from benchmarks.journal import RowJournal, job_key
+from vitedit_ops.edit_cases import GroupInputs, make_cases
 from vitedit_ops.errors import InvalidInputError
 
 from ..engine.conftest import tiny_vit
@@ -55,7 +55,7 @@ def _tiny_args(point):
 
 def test_grid_skips_completed_jobs_and_reports_the_others():
     vit = tiny_vit()
-    groups = [BenchGroup("noise", 1, 0, torch.randn(6, 3, 16, 16))]
+    groups = [GroupInputs("noise", 1, 0, torch.randn(6, 3, 16, 16))]
     locality = torch.randn(8, 3, 16, 16)
     evals = EvalSets(locality, vit(locality).argmax(-1), torch.arange(2), groups)
     cases = make_cases(groups, 2, 2)

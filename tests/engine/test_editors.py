@@ -142,16 +142,14 @@ def test_replay_term_holds_replay_predictions_closer_to_the_original(vit, batch)
 
 
 def test_greedy_window_search_scores_windows_and_grows_the_best(vit, tmp_path):
-    from vitedit_ops.bench.cases import BenchGroup
-    from vitedit_ops.bench.grid import EvalSets
-    from vitedit_ops.bench.window_search import greedy_window_search
+    from vitedit_ops.edit_cases import GroupInputs
     from vitedit_ops.sites import save_default_window, saved_default_window
+    from vitedit_ops.window_search import greedy_window_search
 
     torch.manual_seed(5)
-    groups = [BenchGroup("noise", 1, int(p), torch.randn(6, 3, 16, 16)) for p in (0, 2)]
+    groups = [GroupInputs("noise", 1, int(p), torch.randn(6, 3, 16, 16)) for p in (0, 2)]
     locality = torch.randn(20, 3, 16, 16)
-    evals = EvalSets(locality, vit(locality).argmax(-1), torch.arange(5), groups)
-    search = greedy_window_search(vit, groups, evals, max_length=2, cases=2, lrs=(1e-2,),
+    search = greedy_window_search(vit, groups, locality, max_length=2, cases=2, lrs=(1e-2,),
                                   min_locality=0.0)
     singles = [t for t in search.tried if t.window[0] == t.window[1]]
     assert len(singles) == 4  # every block scored alone first
@@ -160,3 +158,22 @@ def test_greedy_window_search_scores_windows_and_grows_the_best(vit, tmp_path):
     assert best_score >= max(t.score for t in singles)
     save_default_window(tmp_path / "m.safetensors", search.best, search.to_dict())
     assert saved_default_window(tmp_path / "m.safetensors") == search.best
+
+
+def test_a_window_scores_only_rates_that_keep_locality(vit):
+    from vitedit_ops.edit_cases import GroupInputs, make_cases
+    from vitedit_ops.window_search import score_window
+
+    torch.manual_seed(6)
+    groups = [GroupInputs("noise", 1, 0, torch.randn(6, 3, 16, 16))]
+    locality = torch.randn(20, 3, 16, 16)
+    base = vit(locality).argmax(-1)
+    cases = make_cases(groups, 1, 1, min_eval=2)
+    before = [p.detach().clone() for p in vit.parameters()]
+    kept = score_window(vit, (2, 3), groups, cases, locality, base, (1e-2,), 0.0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, vit.parameters()))  # reverted
+    (point,) = kept.points.values()
+    assert 0.0 <= point["gr"] <= 1.0 and 0.0 <= point["lr"] <= 1.0
+    assert kept.score == point["gr"]
+    refused = score_window(vit, (2, 3), groups, cases, locality, base, (1e-2,), 1.01, 1)
+    assert refused.points == kept.points and refused.score == 0.0

@@ -19,6 +19,17 @@ def _images(n=24, seed=0):
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
+def _killed_after(iteration: int, model, images, out) -> None:
+    """A checkpointing meta-training run into ``out`` interrupted after ``iteration``."""
+    def crash(done, _total, _entry):
+        if done == iteration:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(model, images, MetaTrainConfig(**FAST, checkpoint_every=1), out_dir=out,
+                   on_iteration=crash)
+
+
 def test_cutmix_rectangles_align_to_the_patch_grid():
     model = tiny_vit()
     images = _images()
@@ -72,14 +83,7 @@ def test_same_seed_same_masks_and_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(x, y)
     # killed after iteration 2 (checkpoint every 1), then run again with the same settings
     out = tmp_path / "hn"
-
-    def crash(iteration, _total, _entry):
-        if iteration == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        meta_train(model, images, MetaTrainConfig(**FAST, checkpoint_every=1), out_dir=out,
-                   on_iteration=crash)
+    _killed_after(2, model, images, out)
     resumed = meta_train(model, images, MetaTrainConfig(**FAST, checkpoint_every=1),
                          out_dir=out)
     assert resumed.resumed_from == 2 and len(resumed.log) == 3
@@ -92,3 +96,13 @@ def test_meta_training_leaves_the_base_model_trainable_flags_alone():
     model = tiny_vit()
     meta_train(model, _images(), MetaTrainConfig(**{**FAST, "iterations": 1}))
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_resuming_with_other_settings_is_refused_as_bad_input(tmp_path):
+    from vitedit_ops.errors import InvalidInputError
+
+    model, images, out = tiny_vit(), _images(), tmp_path / "hn"
+    _killed_after(1, model, images, out)
+    other = MetaTrainConfig(**{**FAST, "inner_steps": 3}, checkpoint_every=1)
+    with pytest.raises(InvalidInputError, match="other meta-training settings"):
+        meta_train(model, images, other, out_dir=out)

@@ -42,6 +42,38 @@ def test_missing_checkpoint_is_an_error_never_random_weights(tmp_path):
         load_model(tmp_path / "nope.safetensors", architecture="vit_tiny_patch16_224", **KW)
 
 
+def test_a_missing_checkpoint_is_named_before_its_missing_config(tmp_path):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*nope.safetensors does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_the_cli_reports_a_missing_checkpoint_file_in_one_line_with_exit_2(tmp_path, capsys):
+    from ..cli_run import run
+
+    code, output = run(["export", "-c", tmp_path / "nope.safetensors", "-o",
+                        tmp_path / "m.onnx"], capsys)
+    assert code == 2
+    (line,) = output.strip().splitlines()
+    assert "nope.safetensors does not exist" in line and "model config" not in line
+
+
+def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):
+    """timm's train.py layout: args as an argparse.Namespace (allowed by weights-only
+    loading), raw and EMA weights, keys of a torch.compile'd DDP model."""
+    import argparse
+
+    model, ema = tiny_vit(seed=0), tiny_vit(seed=1)
+    torch.save({"epoch": 3, "arch": "vit_tiny_patch16_224",
+                "args": argparse.Namespace(lr=1e-3, model="vit_tiny_patch16_224"),
+                "state_dict": model.state_dict(),
+                "state_dict_ema": {f"_orig_mod.module.{k}": v
+                                   for k, v in ema.state_dict().items()}},
+               tmp_path / "checkpoint.pth.tar")
+    loaded, _ = load_model(tmp_path / "checkpoint.pth.tar", architecture="vit_tiny_patch16_224",
+                           **KW)
+    assert fingerprint(loaded) == fingerprint(ema) != fingerprint(model)
+
+
 def test_mismatched_checkpoint_names_the_keys(tmp_path):
     state = tiny_vit(depth=2).state_dict()
     save_file(state, str(tmp_path / "m.safetensors"))

@@ -1,6 +1,7 @@
 """Fixtures for the flow tests: a tiny digits ViT with its suite and hypernetwork, an embedded
 MLflow store shared by the session (one registered model per test), a monitoring store per
-test filled with real production predictions and feedback, and a Prefect test server."""
+test filled with real production predictions and feedback, and a Prefect test server for the
+tests that run flows (``night`` and ``prefect_test_api`` ask for it)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from .flows_testlib import (LAX_EDIT, LAX_GATE, Server, free_port,  # noqa: E402
-                           new_mlflow_server, new_prefect_server)
-from sklearn.datasets import load_digits  # noqa: E402
 
 from vitedit_ops.export import ExportResult, export_onnx  # noqa: E402
 from vitedit_ops.models import ModelSpec, save_model  # noqa: E402
+
+from ..helpers.digits import digit_pixels, train_digits_vit  # noqa: E402
+from .flows_testlib import LAX_EDIT, LAX_GATE  # noqa: E402
 
 NUM_CLASSES = 10
 TRAIN, SUITE, PRODUCTION = 700, 300, 400
@@ -46,13 +46,6 @@ class TinyLineage:
     clean: torch.Tensor          # clean digits none of the above holds (held-out pools)
 
 
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    data = load_digits()
-    small = torch.from_numpy(data.images).float().unsqueeze(1) / 16.0
-    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
-    return big.expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(data.target).long()
-
-
 @pytest.fixture(scope="session")
 def lineage(tmp_path_factory: pytest.TempPathFactory) -> TinyLineage:
     """Trained for ~15 s on the digits: right on ~87% of clean images, ~60% of production's
@@ -63,7 +56,7 @@ def lineage(tmp_path_factory: pytest.TempPathFactory) -> TinyLineage:
     from vitedit_ops.reference.shifts import apply_shift
 
     root = tmp_path_factory.mktemp("lineage")
-    pixels, labels = digits()
+    pixels, labels = digit_pixels(32)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     train, suite = order[:TRAIN], order[TRAIN:TRAIN + SUITE]
     production = order[TRAIN + SUITE:TRAIN + SUITE + PRODUCTION]
@@ -72,21 +65,12 @@ def lineage(tmp_path_factory: pytest.TempPathFactory) -> TinyLineage:
                                    "depth": 4, "num_heads": 2},
                      input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
                      interpolation="bilinear")
+    model = train_digits_vit(spec, pixels[train], labels[train], steps=1200, batch_size=32,
+                             lr=1e-3)
+    inputs = Preprocessor(spec).normalize(pixels)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(0)
-        model = spec.build()
-        inputs = Preprocessor(spec).normalize(pixels)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        generator = torch.Generator().manual_seed(1)
-        for _ in range(1200):
-            batch = train[torch.randint(0, len(train), (32,), generator=generator)]
-            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
         checkpoint = save_model(model, spec, root / "base" / "model.safetensors")
         suite_dir = root / "suite"
         build_suite(suite_dir, model, spec, pixels[suite], labels[suite],
@@ -117,9 +101,10 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ["VITEDIT_MLFLOW_TRACKING_URI"] = saved
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_test_api() -> Iterator[None]:
-    """One Prefect test server for the session (a fresh one takes ~20 s to start)."""
+    """One Prefect test server for the session, started by the first test that runs a flow
+    (a fresh one takes ~20 s to start); YAML and pure-function tests never wait for it."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
@@ -208,8 +193,8 @@ class Night:
 
 
 @pytest.fixture
-def night(request: pytest.FixtureRequest, lineage: TinyLineage,
-          tracking_uri: str) -> Callable[..., Night]:
+def night(request: pytest.FixtureRequest, lineage: TinyLineage, tracking_uri: str,
+          prefect_test_api: None) -> Callable[..., Night]:
     """Register the tiny base (v1, champion) with its hypernetwork under a per-test name (in
     the session's store, or ``uri``) and log its first production day (predictions of half the
     production images, feedback for every one)."""
@@ -246,41 +231,3 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
                             getattr(nightly, name).with_options(retry_delay_seconds=0))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
-
-_servers: dict[str, Server] = {}
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the servers the selected server tests here ask for as soon as they are known:
-    their ~15-25 s start-ups then overlap with the tests that run first."""
-    here = Path(__file__).parent
-    wanted = {name for item in session.items if here in item.path.parents
-              for marker in item.iter_markers("server") for name in marker.args}
-    if "mlflow" in wanted:
-        root = Path(tempfile.mkdtemp(prefix="vitedit-flows-mlflow-"))
-        _servers["mlflow"] = new_mlflow_server(root, free_port()).launch()
-    if "prefect" in wanted:
-        home = Path(tempfile.mkdtemp(prefix="vitedit-flows-prefect-"))
-        _servers["prefect"] = new_prefect_server(home, free_port()).launch()
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    for server in _servers.values():
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def mlflow_server_process() -> Server:
-    """A real ``mlflow server`` on loopback, its SQLite store in ``.root`` (tests marked
-    ``@pytest.mark.server("mlflow")`` only)."""
-    assert "mlflow" in _servers, 'mark the test @pytest.mark.server("mlflow")'
-    return _servers["mlflow"].ready()
-
-
-@pytest.fixture(scope="session")
-def prefect_server_process() -> Server:
-    """A real ``prefect server start`` on loopback with its own PREFECT_HOME in ``.root``
-    (tests marked ``@pytest.mark.server("prefect")`` only)."""
-    assert "prefect" in _servers, 'mark the test @pytest.mark.server("prefect")'
-    return _servers["prefect"].ready()

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from .flows_testlib import BIN, LAX_EDIT, LAX_GATE
 
 from flows.reporting import REGISTERED
+
+from ..helpers.servers import BIN
+from .flows_testlib import LAX_EDIT, LAX_GATE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from .flows_testlib import (LAX_EDIT, LAX_GATE, TcpProxy, hold_write_lock, kill_group,
-                           mlflow_runs_in_progress, wait_for)
 from mlflow import MlflowClient
 
 from flows.edits import ERROR
@@ -22,6 +20,10 @@ from flows.reporting import ALREADY_REGISTERED, GATE_ARTIFACT, REGISTERED
 from monitoring import Collector, open_image_store, open_store
 from registry import versions
 from registry.errors import RegistryError
+
+from ..helpers.servers import kill_group, wait_for
+from .flows_testlib import (LAX_EDIT, LAX_GATE, TcpProxy, hold_write_lock,
+                            mlflow_runs_in_progress)
 
 
 def _ready_edits(uri: str, name: str) -> list[versions.VersionInfo]:
@@ -65,6 +67,7 @@ def _group_images(name: str, rank: int) -> list[str]:
     return [ref.sha256 for ref in (*groups[rank].edit_images, *groups[rank].heldout_images)]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_costs_that_image_not_its_group_or_the_night(night):
     n = night()
     broken = _group_images(n.name, 1)[0]
@@ -84,6 +87,7 @@ def test_a_corrupt_image_costs_that_image_not_its_group_or_the_night(night):
     assert len({pid for _, _, pid in ledger}) == len(ledger)  # no prediction used twice
 
 
+@pytest.mark.slow
 def test_a_unit_whose_edit_raises_is_reported_and_the_others_are_registered(night,
                                                                             monkeypatch):
     import flows.nightly as nightly

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -25,8 +26,9 @@ def _write_images(folder: Path, pixels: torch.Tensor, labels: torch.Tensor | Non
     return folder
 
 
+@pytest.mark.slow
 def test_build_suite_and_meta_train_start_a_lineage(lineage, tracking_uri, tmp_path,
-                                                    request):
+                                                    request, prefect_test_api):
     name = "f-" + request.node.name
     labelled = _write_images(tmp_path / "clean", lineage.production[:40], lineage.labels[:40])
     summary = build_suite_flow(checkpoint=str(lineage.checkpoint), images=str(labelled),

@@ -71,6 +71,7 @@ def test_a_night_registers_a_gated_challenger_and_records_what_it_fixed(night, t
     assert "Gate: PASSED" in gate and result.run_url in gate and result.run_id in result.run_url
 
 
+@pytest.mark.slow
 def test_a_rerun_of_the_same_night_registers_nothing_new(night, tracking_uri):
     """A failed gate records no ledger, so the re-run collects the same set: same key."""
     n = night()

@@ -1,8 +1,5 @@
-"""A small ViT trained for a few seconds on real digits, its suite, and edits of it.
-
-Trained (not random) so that predictions have real margins: a harmless change then keeps them,
-a large step breaks them, and there are real misclassifications to fix and to un-fix.
-"""
+"""A small ViT trained for a few seconds on real digits (tests/helpers/digits.py), its suite,
+and edits of it: real margins, and real misclassifications to fix and to un-fix."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from vitedit_ops.export import export_onnx
@@ -21,6 +17,8 @@ from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import ModelSpec, fingerprint
 from vitedit_ops.patch import Patch
 from vitedit_ops.preprocess import Preprocessor
+
+from ..helpers.digits import digit_pixels, train_digits_vit
 
 TRAIN, CLEAN = slice(0, 1000), slice(1000, 1300)  # the rest of the digits is the edit pool
 
@@ -37,32 +35,18 @@ def _one_thread():
 @pytest.fixture(scope="package")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """sklearn's 1,797 real 8x8 digits as 3x16x16 pixels in [0, 1], shuffled once."""
-    data = load_digits()
-    pixels = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
-    pixels = F.interpolate(pixels, size=16, mode="bilinear", align_corners=False)
-    pixels = pixels.clamp(0, 1).repeat(1, 3, 1, 1)
+    pixels, labels = digit_pixels(16)
     order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(0))
-    return pixels[order].contiguous(), torch.tensor(data.target)[order]
+    return pixels[order].contiguous(), labels[order]
 
 
 @pytest.fixture(scope="package")
 def trained(digits) -> tuple[nn.Module, ModelSpec]:
     spec = ModelSpec.for_timm_model("vit_tiny_patch16_224", num_classes=10, img_size=16,
                                     patch_size=4, embed_dim=32, depth=2, num_heads=2)
-    torch.manual_seed(0)
-    model = spec.build()
     pixels, labels = digits
-    inputs = Preprocessor(spec).normalize(pixels[TRAIN])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(1)
-    model.train()
-    for _ in range(300):
-        idx = torch.randint(0, len(inputs), (64,), generator=generator)
-        loss = F.cross_entropy(model(inputs[idx]), labels[TRAIN][idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval(), spec
+    return train_digits_vit(spec, pixels[TRAIN], labels[TRAIN], steps=300, batch_size=64,
+                            lr=2e-3), spec
 
 
 @pytest.fixture

@@ -1,23 +1,16 @@
 """Fixtures for the registry tests: a tiny timm ViT, a suite, real patches and gate reports,
-an embedded MLflow store and (for ``@pytest.mark.server``) a real ``mlflow server``."""
+an embedded MLflow store and, for ``@pytest.mark.server("mlflow")``, the session's real
+``mlflow server``."""
 
 from __future__ import annotations
 
 import copy
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import requests
 import torch
 from safetensors.torch import save_file
 
@@ -27,6 +20,8 @@ from vitedit_ops.gate.report import CheckResult, GateReport
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import ModelSpec, fingerprint, save_model
 from vitedit_ops.patch import Patch
+
+from ..helpers.servers import free_port
 
 FC1, FC2 = "blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"
 HIDDEN = 256
@@ -160,81 +155,17 @@ def for_model() -> Callable[[Edit, str], EditRunRecord]:
     return make
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dead_url() -> str:
     """A loopback URL nothing listens on."""
-    return f"http://127.0.0.1:{_free_port()}"
-
-
-class _ServerProcess:
-    """``mlflow server`` on loopback with one worker, in its own process group."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="vitedit-mlflow-server-"))
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        self.log = open(self.root / "server.log", "w")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--default-artifact-root", (self.root / "artifacts").as_uri(),
-             "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "-w", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-
-    def wait_ready(self, seconds: float = 120) -> str:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.root / "server.log").read_text()[-2000:]
-                pytest.fail(f"mlflow server exited: {log}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"mlflow server did not answer /health within {seconds} s")
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker, nothing else
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # uvicorn's graceful shutdown; the DB is disposable
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-_server: _ServerProcess | None = None
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the server as soon as a server test is selected: its ~20 s start-up then overlaps
-    with the embedded tests, which run first."""
-    global _server
-    here = Path(__file__).parent
-    if any(item.get_closest_marker("server") and here in item.path.parents
-           for item in session.items):
-        _server = _ServerProcess()
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _server is not None:
-        _server.stop()
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="session")
-def mlflow_server() -> str:
-    """URL of the real server started at collection time."""
-    assert _server is not None, "only tests marked @pytest.mark.server get the server"
-    return _server.wait_ready()
+def mlflow_server(mlflow_server_process) -> str:
+    """URL of the session's real ``mlflow server`` (tests marked
+    ``@pytest.mark.server("mlflow")``; see tests/conftest.py)."""
+    return mlflow_server_process.url
 
 
 @pytest.fixture(scope="session")

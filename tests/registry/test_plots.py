@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitedit_ops import plots
+from registry import plots
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():

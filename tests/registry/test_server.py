@@ -22,7 +22,7 @@ from vitedit_ops.export import ExportResult
 from vitedit_ops.models import fingerprint
 
 
-@pytest.mark.server
+@pytest.mark.server("mlflow")
 def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite, good_edit,
                                           run_cli, monkeypatch, tmp_path):
     monkeypatch.setenv("VITEDIT_MLFLOW_TRACKING_URI", mlflow_server)
@@ -80,3 +80,70 @@ def test_connect_retries_are_bounded(monkeypatch, dead_url):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(RegistryUnavailableError, match="after 1 attempts"):
         connect(dead_url)
+
+
+class _Health:
+    """A loopback HTTP server whose ``/health`` answers ``statuses`` in turn (the last one
+    from then on), counting the requests it got: a server still starting up."""
+
+    def __init__(self, *statuses: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                status = statuses[min(outer.requests, len(statuses) - 1)]
+                outer.requests += 1
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> "_Health":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def retries(monkeypatch):
+    """Set MLflow's retry count for the health check; no backoff, so the tests wait for
+    nothing but the answers."""
+    from registry.client import wait_for_server
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+    def check(count: int, url: str) -> None:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(count))
+        wait_for_server(url)
+    return check
+
+
+def test_a_server_that_answers_503_while_starting_is_waited_for(retries):
+    with _Health(503, 503, 200) as health:
+        retries(3, health.url)
+    assert health.requests == 3
+
+
+def test_a_server_that_never_gets_healthy_is_named_with_its_last_answer(retries):
+    with _Health(503) as health, pytest.raises(RegistryUnavailableError,
+                                               match=r"after 3 attempts \(HTTP 503\)"):
+        retries(2, health.url)
+    assert health.requests == 3
+    # a wrong URL: asking again will not help
+    with _Health(404) as not_mlflow, pytest.raises(RegistryUnavailableError,
+                                                   match=r"after 1 attempts \(HTTP 404\)"):
+        retries(2, not_mlflow.url)
+    assert not_mlflow.requests == 1

@@ -16,7 +16,8 @@ DOCS = Path("docs")
 def bench(
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (a few minutes)."),
     out: Path | None = typer.Option(None, help="Results directory (default bench-results/<time>)."),
-    cases: int = typer.Option(60, help="Paired edit cases (half select, half report)."),
+    cases: int | None = typer.Option(None, min=2, help="Paired edit cases (half select, half "
+                                     "report; default 60, 6 with --quick)."),
     write_docs: bool | None = typer.Option(None, "--write-docs/--no-write-docs",
                                            help="Copy the report to docs/ (default: full runs of every "
                                            "family)."),
@@ -30,7 +31,9 @@ def bench(
                                 "grid jobs it finished (refused if its settings differ)."),
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
-    from ..bench.run import BenchConfig, run_benchmark
+    # benchmarks/ is a top-level package outside the engine: imported only when bench runs
+    from benchmarks.run import BenchConfig, run_benchmark
+
     from ..reference.hypernet import load_reference_with_hypernet
 
     if resume and out is None:
@@ -56,41 +59,5 @@ def bench(
         console.print("docs/BENCHMARKS.md updated")
 
 
-def search_window(
-    max_length: int = typer.Option(3, help="Largest window (blocks)."),
-    cases: int = typer.Option(16, help="Validation edits per window and learning rate."),
-    min_locality: float = typer.Option(0.95, help="LR a window must keep to count."),
-) -> None:
-    """Greedy FFN-window search for the reference model on its validation pool; the result is
-    saved beside the weights and becomes the window later meta-training uses."""
-    from ..bench.cases import BenchGroup
-    from ..bench.grid import EvalSets
-    from ..bench.window_search import greedy_window_search
-    from ..metrics import predict_logits, select_sensitive
-    from ..preprocess import Preprocessor
-    from ..reference import DEFAULT_SHIFTS, load_reference, shifted_error_groups
-    from ..reference.build import WEIGHTS_FILE
-    from ..settings import get_settings
-    from ..sites import save_default_window
-
-    reference = load_reference(progress=True)
-    pre = Preprocessor(reference.spec)
-    groups = [BenchGroup(shift, g.true_class, g.predicted_class, pre.normalize(g.images.pixels),
-                         list(g.images.ids))
-              for shift in DEFAULT_SHIFTS
-              for g in shifted_error_groups(reference.model, reference.spec,
-                                            reference.data.validation, shift, min_size=3).groups]
-    inputs = pre.normalize(reference.data.train.pixels[:200])  # locality proxy: never the
-    logits = predict_logits(reference.model, inputs)          # evaluation locality pool
-    evals = EvalSets(inputs, logits.argmax(-1), select_sensitive(logits, None).indices, groups)
-    search = greedy_window_search(reference.model, groups, evals, max_length=max_length,
-                                  cases=cases, min_locality=min_locality,
-                                  log=lambda m: console.print(m, highlight=False))
-    path = save_default_window(get_settings().reference_dir / WEIGHTS_FILE, search.best,
-                               search.to_dict())
-    console.print(f"best window: blocks {search.best[0]}-{search.best[1]} (saved to {path})")
-
-
 def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
-    app.command("search-window")(search_window)

@@ -87,7 +87,8 @@ def gate(
                                      "the base to make the candidate (instead of --candidate)."),
     arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
     config: Path | None = typer.Option(None, help="Gate thresholds (.toml/.json/.yaml)."),
-    overrides: list[str] = typer.Option([], "--set", help="Threshold override NAME=VALUE."),
+    overrides: list[str] = typer.Option([], "--set",
+                                        help="Threshold override NAME=VALUE (repeatable)."),
     edit_images: Path | None = typer.Option(None, help="Edit images in class subfolders."),
     heldout_images: Path | None = typer.Option(None, help="Held-out images of the edited "
                                                "groups, in class subfolders."),
@@ -143,7 +144,8 @@ def export(
     suite_dir: Path | None = typer.Option(None, "--suite", "-s", help="Check parity on this "
                                           "suite's images."),
     config: Path | None = typer.Option(None, help="Parity thresholds (gate config file)."),
-    overrides: list[str] = typer.Option([], "--set", help="Threshold override NAME=VALUE."),
+    overrides: list[str] = typer.Option([], "--set",
+                                        help="Threshold override NAME=VALUE (repeatable)."),
 ) -> None:
     """Export a model to one self-contained ONNX file; print its sha256 (and suite parity)."""
     import torch

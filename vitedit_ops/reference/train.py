@@ -1,6 +1,6 @@
 """Train the reference timm ViT on the train pool: seeded, and bit-reproducible on CPU.
 
-Recipe (stack notes, tuned here): AdamW, batch 32, peak lr 1e-3 with linear warmup and cosine
+Recipe (tuned on the held-out pools, docs/reference-model.md): AdamW, batch 32, peak lr 1e-3 with linear warmup and cosine
 decay, weight decay 0.05, 40 epochs, random translations of up to 2 pixels, one CPU thread.
 Every random draw (initialisation, shuffling, augmentation) comes from the config's seed, and
 the caller's global RNG state and thread count are left untouched.

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from ..hypernet import MaskHypernet
-from ..preprocess import Preprocessor
-from ..reference import Reference
-from .cases import make_cases
+from vitedit_ops.edit_cases import make_cases
+from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.preprocess import Preprocessor
+from vitedit_ops.reference import Reference
+
 from .cost import (flops_per_iteration, iteration_time_ratio, metatrain_speedup,
                    peak_memory_ratio, vit_b16_flops)
 from .frontier import matched_comparison, point_means
@@ -41,12 +42,17 @@ PAPER = "localized (paper)"
 THRESHOLDS = (0.95, 0.90)
 
 
+# (full, --quick) sizes: paired edit cases, and groups edited in a row by sequential editing
+CASES = (60, 6)
+SEQUENTIAL_EDITS = (20, 3)
+
+
 @dataclass
 class BenchConfig:
     quick: bool = False
-    cases: int = 60
+    cases: int | None = None  # None: 60, or 6 when quick
     group_k: int = 4
-    sequential_edits: int = 20
+    sequential_edits: int | None = None  # None: 20, or 3 when quick
     seed: int = 0
     include_cost: bool = True
     include_components: bool = True
@@ -79,7 +85,7 @@ def run_benchmark(reference: Reference, hypernet: MaskHypernet, config: BenchCon
     model = reference.model
     setting = build_setting(model, reference.spec, reference.data)
     window = tuple(hypernet.config.window)
-    count = 6 if config.quick else config.cases
+    count = config.cases if config.cases is not None else CASES[config.quick]
     cases = make_cases(setting.evals.groups, config.group_k, count, seed=config.seed)
     selected = select_families(config.families)
     points = method_grid(config.quick, selected)
@@ -153,7 +159,7 @@ def _operating_point(comparisons: list[dict[str, Any]], family: str, k: int,
 
 def product_defaults() -> dict[str, Any]:
     """What "localized (product)" runs: the product recipe the nightly flow runs."""
-    from ..editors import PRODUCT
+    from vitedit_ops.editors import PRODUCT
 
     return {"method": PRODUCT.method, **PRODUCT.options}
 
@@ -166,7 +172,8 @@ def _sequential(model, setting, comparisons, config: BenchConfig, extra, log, se
                 ) -> list[dict[str, Any]]:
     """Each family at its LR >= 0.90 operating point (group edits), groups in a row."""
     groups = [g for g in setting.evals.groups if len(g.inputs) >= config.group_k]
-    groups = groups[: (3 if config.quick else config.sequential_edits)]
+    edits = config.sequential_edits
+    groups = groups[: edits if edits is not None else SEQUENTIAL_EDITS[config.quick]]
     families = {f.name: f for f in selected}
     rows: list[dict[str, Any]] = []
     for name in (n for n in SEQUENTIAL_FAMILIES if n in families):

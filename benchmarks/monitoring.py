@@ -1,7 +1,7 @@
 """Monitoring benchmark: batched ingest throughput (SQLite, PostgreSQL) and collector latency.
 
-``run_benchmark(quick=False)`` measures what the issue asks for: ingest records/s on both
-backends and the collector's latency on SQLite with 1,000,000 predictions and 100,000 feedback
+``run_benchmark(quick=False)`` measures ingest records/s on both backends and the
+collector's latency on SQLite with 1,000,000 predictions and 100,000 feedback
 rows (goal < 2 s). ``quick=True`` shrinks both sizes tenfold and says so in its output.
 PostgreSQL is used through a throwaway database on ``VITEDIT_BENCH_PG_URL`` (default: the
 local server) and skipped, with the reason, when none answers.
@@ -28,12 +28,12 @@ from typing import Any
 import sqlalchemy as sa
 from PIL import Image
 
-from .collector import Collector
-from .images import ImageStore
-from .ingest import Kind, ingest_file
-from .logger import PredictionLogger
-from .schema import EditLedger, Feedback, Prediction, table_of
-from .store import MonitoringStore, open_store
+from monitoring.collector import Collector
+from monitoring.images import ImageStore
+from monitoring.ingest import Kind, ingest_file
+from monitoring.logger import PredictionLogger
+from monitoring.schema import EditLedger, Feedback, Prediction, table_of
+from monitoring.store import MonitoringStore, open_store
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 COLLECTOR_GOAL_S = 2.0
@@ -229,7 +229,7 @@ def run_benchmark(quick: bool) -> dict[str, Any]:
     n_predictions, n_feedback = (100_000, 10_000) if quick else (1_000_000, 100_000)
     out: dict[str, Any] = {
         "quick": quick,
-        "note": ("QUICK MODE: 1/10 of the issue's sizes (100,000 predictions, 10,000 feedback "
+        "note": ("QUICK MODE: 1/10 of the full sizes (100,000 predictions, 10,000 feedback "
                  "for the collector); run without --quick for the real figures") if quick
         else "full sizes: 1,000,000 predictions and 100,000 feedback for the collector",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

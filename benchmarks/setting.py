@@ -14,14 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..editors import PAPER, PRODUCT
-from ..errors import InvalidInputError
-from ..hypernet import MaskHypernet
-from ..metrics import predict_logits, select_sensitive
-from ..models import ModelSpec
-from ..preprocess import Preprocessor
-from ..reference import DEFAULT_SHIFTS, ReferenceData, assert_disjoint, shifted_error_groups
-from .cases import BenchGroup
+from vitedit_ops.edit_cases import GroupInputs
+from vitedit_ops.editors import PAPER, PRODUCT
+from vitedit_ops.errors import InvalidInputError
+from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.metrics import predict_logits, select_sensitive
+from vitedit_ops.models import ModelSpec
+from vitedit_ops.preprocess import Preprocessor
+from vitedit_ops.reference import (DEFAULT_SHIFTS, ReferenceData, assert_disjoint,
+                                   shifted_error_groups)
+
 from .grid import EvalSets, MethodPoint
 
 SHIFT_SEED = 0
@@ -41,12 +43,12 @@ def build_setting(model: nn.Module, spec: ModelSpec, data: ReferenceData,
                   shifts: tuple[str, ...] = DEFAULT_SHIFTS, min_size: int = 8) -> Setting:
     """Error groups of every shift and the evaluation sets, with disjointness checked."""
     pre = Preprocessor(spec)
-    groups: list[BenchGroup] = []
+    groups: list[GroupInputs] = []
     for shift in shifts:
         outcome = shifted_error_groups(model, spec, data.shift, shift, seed=SHIFT_SEED,
                                        min_size=min_size)
-        groups += [BenchGroup(shift, g.true_class, g.predicted_class,
-                              pre.normalize(g.images.pixels), list(g.images.ids))
+        groups += [GroupInputs(shift, g.true_class, g.predicted_class,
+                               pre.normalize(g.images.pixels), list(g.images.ids))
                    for g in outcome.groups]
     assert_disjoint({"train": data.train, "locality": data.locality, "preserved": data.preserved,
                      "groups": [i for g in groups for i in g.ids]})

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from vitedit_ops.errors import InvalidInputError
+
 from .grid import MethodPoint
 
 Row = dict[str, Any]

@@ -14,15 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..editors import Editor
-from ..metrics import norm_growth, predict_logits
-from ..patch import Patch, revert_stack
-from .cases import BenchGroup
+from vitedit_ops.edit_cases import GroupInputs
+from vitedit_ops.editors import Editor
+from vitedit_ops.metrics import norm_growth, predict_logits
+from vitedit_ops.patch import Patch, revert_stack
+
 from .grid import EvalSets
 
 
 def run_sequential(model: nn.Module, family: str, make_editor: Callable[[], Editor],
-                   groups: list[BenchGroup], evals: EvalSets, k: int = 1,
+                   groups: list[GroupInputs], evals: EvalSets, k: int = 1,
                    weight_names: list[str] | None = None,
                    on_row: Callable[[dict[str, Any]], None] | None = None
                    ) -> list[dict[str, Any]]:

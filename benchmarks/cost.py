@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..editors import create_editor
-from ..editors.base import OptimConfig, frozen, optimize_window
-from ..editors.units import select_top_units, unit_deltas
-from ..forward import SplitForward
-from ..metatrain import MetaTrainConfig, meta_train
-from ..sites import edit_window
+from vitedit_ops.editors import create_editor
+from vitedit_ops.editors.base import OptimConfig, frozen, optimize_window
+from vitedit_ops.editors.units import select_top_units, unit_deltas
+from vitedit_ops.forward import SplitForward
+from vitedit_ops.metatrain import MetaTrainConfig, meta_train
+from vitedit_ops.sites import edit_window
 
 NEVER_STOP = -1.0  # a CE target no loss reaches: the edit runs exactly max_steps steps
 
@@ -196,7 +196,7 @@ def peak_memory_ratio(arch: str = "vit_base_patch16_224", batch: int = 8) -> dic
     results = {}
     for what in ("forward_backward", "edit"):
         proc = subprocess.run(
-            [sys.executable, "-m", "vitedit_ops.bench.cost", what, arch, str(batch)],
+            [sys.executable, "-m", "benchmarks.cost", what, arch, str(batch)],
             capture_output=True, text=True, check=True, env={**os.environ})
         data = json.loads(proc.stdout.strip().splitlines()[-1])
         results[what] = data["peak_bytes"] - data["baseline_bytes"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from vitedit_ops.gate.bench import EDIT_IMAGES, HELDOUT_IMAGES, RETENTION_IMAGES, run_benchmark
+from benchmarks.gate import EDIT_IMAGES, HELDOUT_IMAGES, RETENTION_IMAGES, run_benchmark
 from vitedit_ops.reference import POOL_SIZES
 
 

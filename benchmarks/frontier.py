@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import scipy.stats
+
 Row = dict[str, Any]
 
 
@@ -86,18 +88,8 @@ def paired_difference(rows: Iterable[Row], a: tuple, b: tuple, metric: str = "gr
                 "n": len(diffs)}
     mean = statistics.fmean(diffs)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-    t = _t975(len(diffs) - 1)
+    t = float(scipy.stats.t.ppf(0.975, len(diffs) - 1))  # two-sided 95% Student-t quantile
     return {"mean": mean, "low": mean - t * se, "high": mean + t * se, "n": len(diffs)}
-
-
-def _t975(dof: int) -> float:
-    """Two-sided 95% Student-t quantile (table for small dof, normal beyond)."""
-    table = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-             10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04, 40: 2.02, 60: 2.00}
-    for limit in sorted(table):
-        if dof <= limit:
-            return table[limit]
-    return 1.96
 
 
 def matched_comparison(rows: list[Row], families: list[str], k: int, threshold: float,

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 DPI = 110
 
@@ -143,10 +144,9 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
         raise ValueError(f"{labels.size} labels vs {predictions.size} predictions")
     out_of_range = (labels < 0) | (labels >= num_classes) | (predictions < 0) | \
         (predictions >= num_classes)
-    if out_of_range.any():
+    if out_of_range.any():  # sklearn would drop such pairs silently
         raise ValueError(f"class index outside 0..{num_classes - 1}")
-    return np.bincount(labels * num_classes + predictions,
-                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return sklearn_confusion_matrix(labels, predictions, labels=np.arange(num_classes))
 
 
 def confusion_plot(labels, before, after, num_classes: int, path: str | Path,

@@ -1,7 +1,9 @@
-"""Benchmark inputs: error groups as tensors, and the paired edit cases drawn from them.
+"""Error groups as model inputs, and the paired edit cases drawn from them.
 
-Every method is evaluated on exactly the same cases (same edit images, same held-out images),
-so differences between methods can be measured per case (paired) rather than between means.
+An edit case says which images of a group an editor edits on and which held-out images of the
+same group measure its generalization. Every editor (or window) is evaluated on exactly the
+same cases, so differences can be measured per case (paired) rather than between means: the
+window search (``window_search.py``) and the benchmarks (``benchmarks/``) both draw them here.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import torch
 
 
 @dataclass
-class BenchGroup:
-    """One (true, predicted) error group of a shift, as model inputs."""
+class GroupInputs:
+    """One (true, predicted) error group as model inputs; ``shift`` names what produced it
+    (a reference shift such as ``"rotate"``)."""
 
     shift: str
     true_class: int
@@ -44,7 +47,7 @@ class EditCase:
         return EditCase(self.case_id, self.group, self.edit_idx[:k], self.eval_idx, self.split)
 
 
-def make_cases(groups: list[BenchGroup], max_k: int, count: int, seed: int = 0,
+def make_cases(groups: list[GroupInputs], max_k: int, count: int, seed: int = 0,
                min_eval: int = 3) -> list[EditCase]:
     """Up to ``count`` cases spread round-robin over the groups, disjoint edit sets within a
     group; alternate cases go to the selection and evaluation halves."""

@@ -20,12 +20,11 @@ from typing import Any
 
 import torch
 
-from ..export import active_provider, export_onnx, load_session
-from ..models import ModelSpec
-from ..patch import Patch
-from ..reference import load_reference_data, reference_spec
-from .gate import run_gate
-from .suite import build_suite
+from vitedit_ops.export import active_provider, export_onnx, load_session
+from vitedit_ops.gate import build_suite, run_gate
+from vitedit_ops.models import ModelSpec
+from vitedit_ops.patch import Patch
+from vitedit_ops.reference import load_reference_data, reference_spec
 
 GATE_GOAL_SECONDS = 10.0
 SPEEDUP_GOAL = 1.5

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..editors import create_editor
-from ..metrics import predict_logits
-from .cases import BenchGroup, EditCase
+from vitedit_ops.edit_cases import EditCase, GroupInputs
+from vitedit_ops.editors import create_editor
+from vitedit_ops.metrics import predict_logits
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class EvalSets:
     locality_inputs: torch.Tensor
     base_predictions: torch.Tensor
     sensitive_idx: torch.Tensor
-    groups: list[BenchGroup] = field(default_factory=list)
+    groups: list[GroupInputs] = field(default_factory=list)
 
 
 def measure_edit(model: nn.Module, point: MethodPoint, extra: dict[str, Any], case: EditCase,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitoring.bench import run_benchmark
+from benchmarks.monitoring import run_benchmark
 
 
 @pytest.mark.slow

@@ -1,0 +1,102 @@
+"""``vitedit-ops bench --continual``: the product's scoreboard, many nights of the real loop.
+
+Writes ``continual.json`` (every night of every variant, the summary, scenario, machine and
+command), ``continual.md`` (the report docs/BENCHMARKS.md carries) and the plot of errors per
+shift over the nights; the full run also copies them into ``docs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitedit_ops.errors import InvalidInputError
+from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.reference import Reference
+
+from .driver import Variant, run_variant
+from .report import markdown, plot, summarize
+from .scenario import QUICK_DAYS, Scenario, World
+
+PRODUCT = "product"
+# every lever of the product switched off (or swapped) one at a time, and the peers
+VARIANTS: tuple[Variant, ...] = (
+    Variant(PRODUCT, note="the nightly flow's defaults (EditSettings())"),
+    Variant("localized (paper)", {"null_space_energy": 0.0, "jitter_copies": 0,
+                                  "ce_target": 0.01, "preserve": False},
+            note="the paper's editor: no preserved pool, no confinement, CE <= 0.01"),
+    Variant("random mask + product options", {"method": "random_mask"},
+            note="does the learned mask matter?"),
+)
+QUICK_EDIT = {"max_groups": 2, "max_steps": 30}
+
+
+@dataclass
+class ContinualConfig:
+    quick: bool = False
+    variants: tuple[str, ...] = ()       # names (all when empty)
+    seed: int = 0
+    scenario: Scenario | None = None     # default: the full or the quick scenario
+    extra_variants: tuple[Variant, ...] = field(default_factory=tuple)
+
+    def chosen(self) -> list[Variant]:
+        known = {v.name: v for v in (*VARIANTS, *self.extra_variants)}
+        if not self.variants:
+            return list(known.values()) if not self.quick else [known[PRODUCT]]
+        unknown = [n for n in self.variants if n not in known]
+        if unknown:
+            raise InvalidInputError(f"unknown continual variant(s) {', '.join(unknown)}; "
+                                    f"available: {', '.join(known)}")
+        return [known[n] for n in self.variants]
+
+    def world_scenario(self) -> Scenario:
+        if self.scenario is not None:
+            return self.scenario
+        if self.quick:
+            return Scenario(days=QUICK_DAYS, clean_per_day=60, shifted_per_day=60,
+                            seed=self.seed)
+        return Scenario(seed=self.seed)
+
+
+def run_continual(reference: Reference, reference_dir: Path, hypernet: MaskHypernet,
+                  config: ContinualConfig, out_dir: Path,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every chosen variant through the scenario; write and return the results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    scenario = config.world_scenario()
+    world = World.build(reference.data, scenario)
+    nights: dict[str, list[dict[str, Any]]] = {}
+    for variant in config.chosen():
+        edit = {**(QUICK_EDIT if config.quick else {}), **variant.edit}
+        variant = Variant(variant.name, edit, variant.gate, variant.note)
+        log(f"continual: {variant.name} ({variant.note or 'edit ' + json.dumps(edit)})")
+        nights[variant.name] = run_variant(reference, reference_dir, hypernet, world, variant,
+                                           out_dir, log)
+    results = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv), "quick": config.quick,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, {__import__('os').cpu_count()} CPUs, torch threads "
+                   f"{torch.get_num_threads()}, CUDA {'yes' if torch.cuda.is_available() else 'no'}",
+        "scenario": scenario.to_dict(),
+        "variants": {v.name: {"edit": v.edit, "gate": v.gate, "note": v.note}
+                     for v in config.chosen()},
+        "reference": {"fingerprint": reference.card.fingerprint},
+        "summary": {name: summarize(rows) for name, rows in nights.items()},
+        "nights": nights,
+        "seconds": time.perf_counter() - started,
+    }
+    (out_dir / "continual.json").write_text(json.dumps(results, indent=2, default=str))
+    plot(results, out_dir / "img" / "continual-errors.png")
+    (out_dir / "continual.md").write_text(markdown(results))
+    return results

@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages: the digits model they train, the servers they start."""
