@@ -1,8 +1,9 @@
 """``vitedit-ops bench``: the edit benchmark, sequential editing and cost, in one run.
 
 Writes ``results.json`` (everything, with machine, versions, seed and command), ``rows.csv``
-(one row per edit; ``rows.jsonl`` grows while the grid runs, see journal.py), ``sequential.csv``, the Pareto and sequential plots, and a markdown report
-(``BENCHMARKS.md``) that the full run also copies to ``docs/``.
+(one row per edit; ``rows.jsonl`` grows while the grid runs, see journal.py),
+``sequential.csv``, the Pareto and sequential plots, and a markdown report (``BENCHMARKS.md``)
+that the full run also copies into its section of ``docs/BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .setting import EditorArgs, build_setting, method_grid, select_families
 BENCHMARK_GROUP = "vitedit_ops.benchmarks"
 PRODUCT = "localized (product)"
 PAPER = "localized (paper)"
-THRESHOLDS = (0.95, 0.90)
+THRESHOLDS = (0.995, 0.99, 0.95, 0.90)  # the gate works at 0.99
 
 
 # (full, --quick) sizes: paired edit cases, and groups edited in a row by sequential editing

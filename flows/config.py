@@ -51,8 +51,12 @@ class ScopedSettings(BaseModel):
                                     "errors kept out of its edit to measure generalization.")
     cluster_scale: float = Field(2.0, gt=0, description="Clusters are cut at this many times "
                                  "their median nearest-neighbour distance.")
-    margin: float = Field(0.0, ge=0, description="Router score the scope's threshold keeps "
-                          "above the highest out-of-fold score of a preserved image.")
+    rule: Literal["nearest", "router"] = Field(
+        "nearest", description="nearest: inside when the patch's own images are nearer than "
+        "margin x the images it must leave alone; router: a logistic router on the keys.")
+    margin: float | None = Field(None, ge=0, description="nearest: the distance ratio "
+                                 "(default 0.8); router: score kept above every out-of-fold "
+                                 "preserved score (default 0).")
     avoid_earlier: bool = Field(True, description="Keep the images of earlier scoped patches "
                                 "outside a new scope.")
 

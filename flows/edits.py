@@ -24,7 +24,6 @@ from registry.record import ACCEPTED, ERROR, REJECTED, GroupEdit
 from vitedit_ops.device import resolve_device
 from vitedit_ops.editors import ScopedEditor, create_editor
 from vitedit_ops.errors import InvalidInputError
-from vitedit_ops.gate import image_hashes
 from vitedit_ops.groups import ImageRef
 from vitedit_ops.metrics import accuracy, predict_logits
 
@@ -50,6 +49,10 @@ class GroupImages:
     keep_pixels: torch.Tensor
     keep_labels: torch.Tensor
     scoped: bool = False
+    not_outside: frozenset[str] = frozenset()  # hashes of preserved images off the clean
+    # manifold: shifted images of some subpopulation, never what a scope calibrates against
+    neighbours: torch.Tensor | None = None  # other subpopulations' images of the night: this
+    # unit's scope keeps out of them, so the night's patches stack
 
     def covered(self, mask: list[bool]) -> GroupImages:
         """The unit restricted to the edit and keep images ``mask`` (edit images first)
@@ -174,15 +177,18 @@ def _measure(context: ChampionContext, model: nn.Module, images: GroupImages,
 
 def _scoped_editor(context: ChampionContext, images: GroupImages, settings: EditSettings,
                    preserved: PreservedPool | None) -> ScopedEditor:
-    """The subpopulation recipe inside a scope fitted against the preserved pool, less this
-    unit's own confirmed-correct images (they belong inside)."""
+    """The subpopulation recipe inside a scope fitted against the preserved pool's clean
+    images: shifted confirmed-correct images (this unit's own keep images among them) are
+    not what a scope must leave out."""
     if preserved is None or len(preserved.pixels) == 0:
         raise InvalidInputError(f"{images.key}: a scoped edit needs a preserved pool "
                                 "(EditSettings.preserve)")
-    own = set(image_hashes(images.keep_pixels)) if len(images.keep_pixels) else set()
-    outside = [i for i, h in enumerate(preserved.hashes) if h not in own]
+    outside = [i for i, h in enumerate(preserved.hashes) if h not in images.not_outside]
     scoped = settings.scoped
     inner = create_editor(scoped.method, hypernet=context.hypernet, **scoped.editor_options())
     return ScopedEditor(inner=inner, window=context.hypernet.window(context.model),
                         outside=context.suite.inputs(preserved.pixels[outside]),
-                        margin=scoped.margin, avoid_earlier=scoped.avoid_earlier)
+                        rule=scoped.rule, margin=scoped.margin,
+                        avoid_earlier=scoped.avoid_earlier,
+                        avoid=None if images.neighbours is None
+                        else context.suite.inputs(images.neighbours))

@@ -120,11 +120,12 @@ def plan_edit_units(ref: ChampionRef, groups: list[ErrorGroup],
 
 
 @task(name="build-preserved-pool", **IO)
-def preserved_pool(ref: ChampionRef, since: datetime, limit: int) -> PreservedPool:
+def preserved_pool(ref: ChampionRef, since: datetime, limit: int,
+                   errors: frozenset[str]) -> PreservedPool:
     store = open_store()
     try:
         return build_preserved_pool(champion_context(ref), store, open_image_store(), since,
-                                    limit)
+                                    limit, errors)
     finally:
         store.close()
 
@@ -287,7 +288,8 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         return _recover(plan, result, ref, context, existing,
                         plan_edit_units(ref, groups, None, plan.settings))
     ensure_limit(plan.edit_limit, plan.edit_slots)
-    preserved = preserved_pool(ref, plan.since, plan.settings.preserved_limit) \
+    errors = frozenset(r.sha256 for g in groups for r in (*g.edit_images, *g.heldout_images))
+    preserved = preserved_pool(ref, plan.since, plan.settings.preserved_limit, errors) \
         if plan.settings.uses_preserved else None
     units = plan_edit_units(ref, groups, preserved, plan.settings)
     result = known(replace(result, collected={**result.collected, **units.summary()}))

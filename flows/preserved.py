@@ -36,9 +36,15 @@ class PreservedPool:
 
 
 def build_preserved_pool(context: ChampionContext, store: MonitoringStore, images: ImageStore,
-                         since: datetime, limit: int) -> PreservedPool:
-    """Confirmed-correct production images + the base's held-out pool, minus the suite."""
-    confirmed = Collector(store, images).confirmed_correct(since, context.ref.name, limit=limit)
+                         since: datetime, limit: int,
+                         exclude: frozenset[str] = frozenset()) -> PreservedPool:
+    """Confirmed-correct production images + the base's held-out pool, minus the suite and
+    minus the ``exclude`` images (by stored sha256: the night's errors; an image served
+    wrong once and right later is an error to edit and a held-out image the gate measures,
+    never a preserved one)."""
+    confirmed = [c for c in Collector(store, images).confirmed_correct(since, context.ref.name,
+                                                                       limit=limit)
+                 if c.image.sha256 not in exclude]
     preprocessor = Preprocessor(context.spec)
     parts = [torch.stack([preprocessor.pixels_from_pil(images.load_image(c.image.sha256))
                           for c in confirmed])] if confirmed else []

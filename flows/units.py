@@ -14,13 +14,14 @@ clean digits, which no scope can tell from the clean images they resemble) stay 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from monitoring.collector import split_group
 from monitoring.images import ImageStore
+from vitedit_ops.gate import image_hashes
 from vitedit_ops.groups import ErrorGroup, ImageRef
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.scope import window_keys
@@ -77,8 +78,6 @@ def plan_units(context: ChampionContext, groups: list[ErrorGroup], store: ImageS
 
 def _load(context: ChampionContext, groups: list[ErrorGroup], store: ImageStore
           ) -> tuple[list[_Error], int, int]:
-    from vitedit_ops.gate import image_hashes
-
     preprocessor = Preprocessor(context.spec)
     suite_hashes = set(context.suite.hashes) | set(context.suite.retention_hashes)
     errors, unreadable, in_suite = [], 0, 0
@@ -130,10 +129,15 @@ def _subpopulations(context: ChampionContext, errors: list[_Error],
     big = sorted((c for c in clusters.values() if len(c[0]) >= settings.scoped.min_errors),
                  key=lambda c: (-len(c[0]), min(c[0])))[:settings.scoped.max_units]
     used = {i for wrong, _ in big for i in wrong}
+    shifted = frozenset(image_hashes(correct_pixels[correct_off])) if len(correct_off) \
+        else frozenset()
     units = [_unit(f"sub{n}", [errors[i] for i in wrong], settings, scoped=True,
                    keep=(correct_pixels[right], correct_labels[right]),
-                   max_edit=settings.scoped.max_edit_images)
+                   max_edit=settings.scoped.max_edit_images, off_manifold=shifted)
              for n, (wrong, right) in enumerate(big, start=1)]
+    units = [replace(unit, neighbours=torch.cat(
+                 [torch.cat([u.edit_pixels, u.keep_pixels]) for u in units if u is not unit]))
+             if len(units) > 1 else unit for unit in units]
     return units, [e for i, e in enumerate(errors) if i not in used], ""
 
 
@@ -150,7 +154,8 @@ def _confirmed(context: ChampionContext, window: EditWindow, preserved: Preserve
 
 def _unit(key: str, errors: list[_Error], settings: EditSettings, scoped: bool,
           keep: tuple[torch.Tensor, torch.Tensor] | None = None,
-          max_edit: int | None = None) -> GroupImages:
+          max_edit: int | None = None, off_manifold: frozenset[str] = frozenset()
+          ) -> GroupImages:
     """A unit of ``errors``: split by each image's seeded rank, as the collector splits."""
     by_sha = {e.ref.sha256: e for e in errors}
     fraction = settings.scoped.heldout_fraction if scoped else settings.heldout_fraction
@@ -169,7 +174,8 @@ def _unit(key: str, errors: list[_Error], settings: EditSettings, scoped: bool,
     keep_pixels, keep_labels = keep if keep is not None else (
         torch.empty(0, *edit_pixels.shape[1:]), torch.empty(0, dtype=torch.long))
     return GroupImages(key, edit_pixels, edit_labels, edit_refs, heldout_pixels,
-                       heldout_labels, heldout_refs, keep_pixels, keep_labels, scoped=scoped)
+                       heldout_labels, heldout_refs, keep_pixels, keep_labels, scoped=scoped,
+                       not_outside=off_manifold)
 
 
 def _pairs(errors: list[_Error], settings: EditSettings) -> tuple[list[GroupImages], int]:

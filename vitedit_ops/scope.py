@@ -15,6 +15,7 @@ activation router in the same spirit; GRACE, NeurIPS 2023, with a deferral radiu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,24 +86,79 @@ class Whitening:
 
 
 class Scope(nn.Module):
-    """``inside(hidden) = key(hidden) . weight + bias > 0`` (whitening folded into the
-    weight), computed once per input from the window's input."""
+    """Which inputs a patch applies to, decided once per input from the window's input."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, prefix_tokens: int) -> None:
+    kind = "scope"
+
+    def __init__(self, prefix_tokens: int) -> None:
         super().__init__()
-        self.register_buffer("weight", weight.float().reshape(-1))
-        self.register_buffer("bias", bias.float().reshape(()))
         self.prefix_tokens = int(prefix_tokens)
-
-    def score(self, keys: torch.Tensor) -> torch.Tensor:
-        return keys.float() @ self.weight + self.bias
 
     def covers(self, keys: torch.Tensor) -> torch.Tensor:
         """Which keys are inside (bool, one per key)."""
-        return self.score(keys) > 0
+        raise NotImplementedError
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.covers(token_mean(hidden, self.prefix_tokens))
+
+    def layout(self) -> dict[str, Any]:
+        return {"kind": self.kind, "prefix_tokens": self.prefix_tokens,
+                "shapes": {k: list(v.shape) for k, v in self.state_dict().items()}}
+
+    @staticmethod
+    def empty(layout: dict[str, Any]) -> Scope:
+        """A scope of the saved kind and sizes, to load a state dict into."""
+        kinds = {cls.kind: cls for cls in (RouterScope, NearestScope)}
+        if layout.get("kind") not in kinds:
+            raise InvalidInputError(f"unknown scope kind {layout.get('kind')!r}")
+        shapes = layout["shapes"]
+        return kinds[layout["kind"]](**{k: torch.zeros(v) for k, v in shapes.items()},
+                                     prefix_tokens=layout["prefix_tokens"])
+
+
+class RouterScope(Scope):
+    """``inside = key . weight + bias > 0`` (the whitening folded into the weight)."""
+
+    kind = "router"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, prefix_tokens: int) -> None:
+        super().__init__(prefix_tokens)
+        self.register_buffer("weight", weight.float().reshape(-1))
+        self.register_buffer("bias", bias.float().reshape(()))
+
+    def covers(self, keys: torch.Tensor) -> torch.Tensor:
+        return keys.float() @ self.weight + self.bias > 0
+
+
+def _nearest_distance(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Distance from each query row to its nearest row of ``points`` (exports to ONNX as
+    matrix products, no cdist)."""
+    squared = ((query * query).sum(-1, keepdim=True) - 2 * query @ points.T
+               + (points * points).sum(-1)[None])
+    return squared.clamp_min(0).min(-1).values.sqrt()
+
+
+class NearestScope(Scope):
+    """``inside`` when, in whitened key space, the nearest image the patch was made for is
+    nearer than ``alpha`` times the nearest image it must leave alone (the clean images and
+    earlier patches' images): a local rule, so several subpopulations off the clean manifold,
+    one patch each, keep out of each other's way."""
+
+    kind = "nearest"
+
+    def __init__(self, center: torch.Tensor, matrix: torch.Tensor, keys: torch.Tensor,
+                 negatives: torch.Tensor, alpha: torch.Tensor, prefix_tokens: int) -> None:
+        super().__init__(prefix_tokens)
+        self.register_buffer("center", center.float())
+        self.register_buffer("matrix", matrix.float())
+        self.register_buffer("keys", keys.float())
+        self.register_buffer("negatives", negatives.float())
+        self.register_buffer("alpha", alpha.float().reshape(()))
+
+    def covers(self, keys: torch.Tensor) -> torch.Tensor:
+        z = (keys.float() - self.center) @ self.matrix
+        return _nearest_distance(z, self.keys) < self.alpha * _nearest_distance(z,
+                                                                                 self.negatives)
 
 
 @dataclass(frozen=True)
@@ -111,7 +167,8 @@ class ScopeFit:
 
     scope: Scope
     inside_covered: torch.Tensor   # bool per inside image: really inside
-    outside_max_score: float       # the threshold: highest out-of-fold outside score
+    threshold: float               # router: the highest out-of-fold outside score;
+    # nearest: alpha
 
     @property
     def coverage(self) -> float:
@@ -120,13 +177,16 @@ class ScopeFit:
 
 def fit_scope(inside: torch.Tensor, outside: torch.Tensor, reference: torch.Tensor,
               prefix: int, margin: float = 0.0, regularization: float = 1.0,
-              seed: int = 0) -> ScopeFit:
+              seed: int = 0, avoid: torch.Tensor | None = None) -> ScopeFit:
     """A router between ``inside`` keys (the images a patch is made for) and ``outside`` keys
     (images it must leave alone), in the whitening of ``reference`` keys.
 
     The threshold is the highest out-of-fold score any outside image gets (plus ``margin``
     in score units), so no outside image is inside, including the ones the router did not
-    see while being fitted.
+    see while being fitted. ``avoid`` keys (earlier patches' images) are further negatives,
+    and the threshold also stays above the final router's score of every one of them: the
+    exact images earlier patches were made for are never inside a new scope, so a new patch
+    cannot undo their fixes.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -135,8 +195,9 @@ def fit_scope(inside: torch.Tensor, outside: torch.Tensor, reference: torch.Tens
         raise InvalidInputError(f"a scope needs at least 2 inside and {MIN_OUTSIDE} outside "
                                 f"images, got {len(inside)} and {len(outside)}")
     whiten = Whitening.fit(reference)
-    x = torch.cat([whiten(inside), whiten(outside)]).double().numpy()
-    y = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+    avoid = avoid if avoid is not None else torch.empty(0, inside.shape[1])
+    x = torch.cat([whiten(inside), whiten(outside), whiten(avoid)]).double().numpy()
+    y = np.r_[np.ones(len(inside)), np.zeros(len(outside) + len(avoid))]
 
     def router() -> LogisticRegression:
         return LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000)
@@ -145,10 +206,40 @@ def fit_scope(inside: torch.Tensor, outside: torch.Tensor, reference: torch.Tens
     oof = np.zeros(len(x))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
         oof[test] = router().fit(x[train], y[train]).decision_function(x[test])
-    threshold = float(oof[len(inside):].max()) + margin
+    threshold = float(oof[len(inside):len(inside) + len(outside)].max()) + margin
     final = router().fit(x, y)
+    if len(avoid):
+        threshold = max(threshold, float(final.decision_function(
+            x[len(inside) + len(outside):]).max()) + 1e-6)
     w = torch.from_numpy(final.coef_[0]).float()
     weight = whiten.matrix @ w                      # fold the whitening into the router
     bias = float(final.intercept_[0]) - threshold - float(whiten.center @ weight)
-    scope = Scope(weight, torch.tensor(bias), prefix)
+    scope = RouterScope(weight, torch.tensor(bias), prefix)
     return ScopeFit(scope, scope.covers(inside), threshold)
+
+
+def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
+                      margin: float = 0.8, avoid: torch.Tensor | None = None) -> ScopeFit:
+    """A :class:`NearestScope` for ``inside`` keys against ``outside`` keys (whitened with
+    them) and ``avoid`` keys.
+
+    ``alpha`` is ``margin`` times the smallest ratio, over the outside images, of their
+    distance to the inside images and their distance to the nearest *other* outside image:
+    an unseen clean image placed like any outside one stays outside with that margin. Outside
+    and avoided images are negatives, so each of them is outside too (its own distance to the
+    negatives is zero).
+    """
+    if len(inside) < 1 or len(outside) < MIN_OUTSIDE:
+        raise InvalidInputError(f"a scope needs at least 1 inside and {MIN_OUTSIDE} outside "
+                                f"images, got {len(inside)} and {len(outside)}")
+    if not 0 < margin <= 1:
+        raise InvalidInputError(f"the scope margin is a ratio in (0, 1], got {margin}")
+    whiten = Whitening.fit(outside)
+    k, p = whiten(inside), whiten(outside)
+    apart = torch.cdist(p, p)
+    apart.fill_diagonal_(float("inf"))
+    ratio = torch.cdist(p, k).min(1).values / apart.min(1).values.clamp_min(1e-12)
+    negatives = p if avoid is None or len(avoid) == 0 else torch.cat([p, whiten(avoid)])
+    scope = NearestScope(whiten.center, whiten.matrix, k, negatives,
+                         torch.tensor(margin * float(ratio.min())), prefix)
+    return ScopeFit(scope, scope.covers(inside), float(scope.alpha))

@@ -165,17 +165,14 @@ class ScopedPatch(nn.Module):
         return h.hexdigest()
 
     def layout(self) -> dict[str, Any]:
-        return {"block": self.block, "weights": self.weights,
-                "prefix_tokens": self.scope.prefix_tokens,
-                "width": int(self.scope.weight.numel()),
-                "inside": int(len(self.inside_keys)),
+        return {"block": self.block, "weights": self.weights, "scope": self.scope.layout(),
+                "inside": list(self.inside_keys.shape),
                 "deltas": [d.layout() for d in self.deltas], "metadata": self.metadata}
 
     @classmethod
     def empty(cls, layout: dict[str, Any]) -> ScopedPatch:
-        scope = Scope(torch.zeros(layout["width"]), torch.zeros(()), layout["prefix_tokens"])
-        return cls(scope, [ScopedDelta.empty(d) for d in layout["deltas"]], layout["block"],
-                   layout["weights"], torch.zeros(layout["inside"], layout["width"]),
+        return cls(Scope.empty(layout["scope"]), [ScopedDelta.empty(d) for d in layout["deltas"]],
+                   layout["block"], layout["weights"], torch.zeros(layout["inside"]),
                    layout["metadata"])
 
     def save(self, path: str | Path) -> Path:

@@ -188,13 +188,17 @@ def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHyperne
                 "clean_agreement": measure.clean_agreement(model),
                 "earlier_fixes": len(fixed_earlier), "earlier_fixes_kept": kept,
                 "norm_growth": measure.norm_growth(model),
+                "units": [{k: g.get(k) for k in ("group", "edit", "heldout", "outcome",
+                                                 "generalization", "note")}
+                          for g in result.groups],
                 "serve_seconds": round(served_seconds, 2),
                 "night_seconds": round(night_seconds, 2),
             })
             fixed_earlier = _fixes(images, MODEL)
             row = rows[-1]
+            failed = ", ".join(row["failed_checks"])
             log(f"  {variant.name} night {day + 1} ({kind}): {result.status}, gate "
-                f"{'passed' if result.gate_passed else 'failed'}, applied "
+                f"{'passed' if result.gate_passed else 'failed: ' + failed}, applied "
                 f"{row['groups_applied']}/{row['groups_collected']} groups, shown-shift errors "
                 f"{sum(row['errors_before'].values())} -> {sum(row['errors_after'].values())}, "
                 f"clean agreement {row['clean_agreement']:.3f}, {night_seconds:.0f} s")

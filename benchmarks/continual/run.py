@@ -8,6 +8,7 @@ shift over the nights; the full run also copies them into ``docs/``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
 import sys
@@ -29,14 +30,31 @@ from .report import markdown, plot, summarize
 from .scenario import QUICK_DAYS, Scenario, World
 
 PRODUCT = "product"
+RETRAIN = {"strategy": "retrain", "subpopulations": False, "min_group_size": 1,
+           "max_groups": None, "max_edit_images": None}
 # every lever of the product switched off (or swapped) one at a time, and the peers
 VARIANTS: tuple[Variant, ...] = (
     Variant(PRODUCT, note="the nightly flow's defaults (EditSettings())"),
-    Variant("localized (paper)", {"null_space_energy": 0.0, "jitter_copies": 0,
-                                  "ce_target": 0.01, "preserve": False},
+    Variant("no scopes: (true, predicted) groups only", {"subpopulations": False},
+            note="the product before subpopulations and scopes: null-space pair edits"),
+    Variant("scopes, every window unit", {"scoped": {"keep_fraction": 1.0}},
+            note="does the hypernetwork's choice of units matter inside a scope?"),
+    Variant("scopes, random mask", {"scoped": {"method": "random_mask"}},
+            note="the same number of units inside the scope, chosen at random"),
+    Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
+            note="a linear router instead of the nearest-neighbour rule"),
+    Variant("scopes, earlier patches not avoided", {"scoped": {"avoid_earlier": False}},
+            note="new scopes not trained to keep earlier patches' images out"),
+    Variant("localized (paper), groups only",
+            {"subpopulations": False, "null_space_energy": 0.0, "jitter_copies": 0,
+             "ce_target": 0.01, "preserve": False},
             note="the paper's editor: no preserved pool, no confinement, CE <= 0.01"),
-    Variant("random mask + product options", {"method": "random_mask"},
-            note="does the learned mask matter?"),
+    Variant("retrain: full fine-tuning", {**RETRAIN, "method": "full_ft", "lr": 3e-5,
+                                          "ce_target": 0.05, "max_steps": 200},
+            note="the peer: full FT on the night's labelled images + replay of clean ones"),
+    Variant("retrain: LoRA", {**RETRAIN, "method": "lora", "lr": 1e-3, "ce_target": 0.05,
+                              "max_steps": 200},
+            note="the peer with LoRA on the edit window"),
 )
 QUICK_EDIT = {"max_groups": 2, "max_steps": 30}
 
@@ -86,8 +104,9 @@ def run_continual(reference: Reference, reference_dir: Path, hypernet: MaskHyper
     results = {
         "command": " ".join(shlex.quote(a) for a in sys.argv), "quick": config.quick,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}, {__import__('os').cpu_count()} CPUs, torch threads "
-                   f"{torch.get_num_threads()}, CUDA {'yes' if torch.cuda.is_available() else 'no'}",
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch threads "
+                   f"{torch.get_num_threads()}, CUDA "
+                   f"{'yes' if torch.cuda.is_available() else 'no'}",
         "scenario": scenario.to_dict(),
         "variants": {v.name: {"edit": v.edit, "gate": v.gate, "note": v.note}
                      for v in config.chosen()},

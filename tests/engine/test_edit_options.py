@@ -103,3 +103,20 @@ def test_localized_editor_jitters_single_image_edits_only(vit, batch):
     wide = create_editor("localized", hypernet=hypernet, lr=1e-2, max_steps=5, jitter_copies=4,
                          jitter_max_images=3).edit(vit, images, labels)
     assert wide.settings["jitter_copies"] == 4
+
+
+def test_pool_moments_are_computed_once_per_model_and_pool(vit):
+    from vitedit_ops.editors.nullspace import window_moments
+
+    window = edit_window(vit, 1, 2)
+    pool = torch.randn(12, 3, 16, 16)
+    calls = []
+    handle = vit.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        first = window_moments(vit, window, pool)
+        again = window_moments(vit, window, pool.clone())  # same images, another tensor
+        other = window_moments(vit, window, pool[:6])
+    finally:
+        handle.remove()
+    assert len(calls) == 2 and again is first and other is not first
+    assert first[1].shape == (window.sites[0].hidden,) * 2  # every unit: sliced per edit

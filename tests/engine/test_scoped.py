@@ -13,7 +13,8 @@ from vitedit_ops.editors import ScopedEditor, create_editor
 from vitedit_ops.errors import InvalidInputError, PatchConflictError
 from vitedit_ops.export import export_onnx, load_session, run_session
 from vitedit_ops.models import ModelSpec, fingerprint, load_model, save_model
-from vitedit_ops.scope import Whitening, fit_scope, prefix_tokens, window_keys
+from vitedit_ops.scope import (Whitening, fit_nearest_scope, fit_scope, prefix_tokens,
+                               window_keys)
 from vitedit_ops.scoped import (ScopedPatch, effective_deltas, load_patch, scoped_patches,
                                 weights_fingerprint)
 from vitedit_ops.sites import edit_window
@@ -137,6 +138,13 @@ def test_a_scope_refuses_too_few_images_and_never_covers_an_outside_image():
     fit = fit_scope(inside, outside, outside, prefix=0)
     assert not fit.scope.covers(outside).any()  # threshold above every out-of-fold score
     assert fit.coverage > 0.9
+    earlier = torch.randn(10, 8) - 3
+    nearest = fit_nearest_scope(inside, outside, prefix=0, avoid=earlier)
+    assert not nearest.scope.covers(torch.cat([outside, earlier])).any()
+    assert nearest.coverage == 1.0
+    unseen_clean, unseen_shifted = torch.randn(200, 8), torch.randn(50, 8) + 3
+    assert nearest.scope.covers(unseen_clean).float().mean() < 0.02
+    assert nearest.scope.covers(unseen_shifted).float().mean() > 0.8
     with pytest.raises(InvalidInputError, match="at least 2 inside"):
         fit_scope(inside[:1], outside, outside, prefix=0)
     with pytest.raises(InvalidInputError, match="reference images"):

@@ -30,6 +30,7 @@ def test_bad_settings_are_refused_at_once(changes, message):
 
 
 def test_another_editor_drops_the_product_options_it_does_not_take():
-    settings = EditSettings(method="lora")
+    assert EditSettings(method="lora").uses_preserved  # the subpopulations' scopes need it
+    settings = EditSettings(method="lora", subpopulations=False)
     assert not settings.uses_preserved
     assert settings.editor_options()["null_space_energy"] == PRODUCT.get("null_space_energy")

@@ -19,8 +19,8 @@ def bench(
     cases: int | None = typer.Option(None, min=2, help="Paired edit cases (half select, half "
                                      "report; default 60, 6 with --quick)."),
     write_docs: bool | None = typer.Option(None, "--write-docs/--no-write-docs",
-                                           help="Copy the report to docs/ (default: full runs of every "
-                                           "family)."),
+                                           help="Copy the report to docs/ (default: full runs "
+                                           "of every family or variant)."),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="Measure cost figures."),
     components: bool = typer.Option(True, "--components/--no-components",
                                     help="Run the monitoring/gate benchmarks too."),
@@ -29,9 +29,18 @@ def bench(
                                      "(repeatable), e.g. --family 'localized (product)'."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: skip the "
                                 "grid jobs it finished (refused if its settings differ)."),
+    continual: bool = typer.Option(False, "--continual", help="The continual benchmark "
+                                   "instead: the real nightly loop over many nights of new "
+                                   "shifts (the product's scoreboard)."),
+    variant: list[str] = typer.Option([], "--variant", help="With --continual: run only "
+                                      "this variant (repeatable), e.g. --variant product."),
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
+    if continual:
+        _continual(quick, out, tuple(variant), write_docs)
+        return
     # benchmarks/ is a top-level package outside the engine: imported only when bench runs
+    from benchmarks.docs import write_section
     from benchmarks.run import BenchConfig, run_benchmark
 
     from ..reference.hypernet import load_reference_with_hypernet
@@ -54,8 +63,40 @@ def bench(
             if (out / name).is_file():
                 shutil.copy(out / name, DOCS / "img" / f"bench-{name}")
         text = (out / "BENCHMARKS.md").read_text().replace("](./", "](img/bench-")
-        (DOCS / "BENCHMARKS.md").write_text(text)
+        write_section(DOCS / "BENCHMARKS.md", "edit", text.removeprefix("# Benchmarks"))
         shutil.copy(out / "results.json", DOCS / "benchmark-results.json")
+        console.print("docs/BENCHMARKS.md updated")
+
+
+def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
+               write_docs: bool | None) -> None:
+    """``bench --continual``: every variant through the nights of the scenario."""
+    from benchmarks.continual.run import ContinualConfig, run_continual
+    from benchmarks.docs import write_section
+    from flows.prefect_api import prefect_api
+
+    from ..reference.hypernet import load_reference_with_hypernet
+    from ..settings import get_settings
+
+    out = out or Path("bench-results") / datetime.now().strftime("continual-%Y%m%d-%H%M%S")
+    console.print("loading (or building) the reference model and its hypernetwork ...")
+    reference, hypernet = load_reference_with_hypernet(progress=True)
+    config = ContinualConfig(quick=quick, variants=variants)
+    with prefect_api():
+        results = run_continual(reference, get_settings().reference_dir, hypernet, config,
+                                out, log=lambda msg: console.print(msg, highlight=False))
+    console.print(f"results in {out} ({results['seconds'] / 60:.1f} min)")
+    for name, s in results["summary"].items():
+        kept = "n/a" if s["earlier_fixes_kept"] is None else f"{s['earlier_fixes_kept']:.1%}"
+        console.print(f"{name}: {s['nights_passed']}/{s['nights']} nights passed, shown-shift "
+                      f"errors {s['errors_before']} -> {s['errors_after']}, clean agreement "
+                      f"{s['clean_agreement']:.3f}, earlier fixes kept {kept}",
+                      highlight=False)
+    if write_docs if write_docs is not None else not (quick or variants):
+        (DOCS / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "img" / "continual-errors.png", DOCS / "img" / "continual-errors.png")
+        write_section(DOCS / "BENCHMARKS.md", "continual", (out / "continual.md").read_text())
+        shutil.copy(out / "continual.json", DOCS / "continual-results.json")
         console.print("docs/BENCHMARKS.md updated")
 
 

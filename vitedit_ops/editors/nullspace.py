@@ -11,6 +11,9 @@ here it is an option of the masked editors, measured in docs/frontier.md.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +21,7 @@ from torch import nn
 
 from ..delta import UnitDelta
 from ..errors import InvalidInputError
+from ..models import fingerprint
 from ..sites import EditWindow
 from .units import unit_deltas
 
@@ -38,27 +42,44 @@ def complement_projector(moment: torch.Tensor, energy: float) -> torch.Tensor:
     return (eye - basis @ basis.T).float()
 
 
+_CACHE_SIZE = 4
+_cache: OrderedDict[tuple[str, ...], list[torch.Tensor]] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous()
+    return hashlib.sha256(f"{tuple(data.shape)}|{data.dtype}|".encode()
+                          + data.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
 @torch.no_grad()
-def preserved_projectors(model: nn.Module, window: EditWindow, units: Sequence[torch.Tensor],
-                         preserved: torch.Tensor, energy: float, batch_size: int = 256
-                         ) -> list[torch.Tensor]:
-    """One projector per edited matrix: over the FFN input width for ``fc1`` rows, over the
-    kept units for ``fc2`` columns, from the unedited model's forward on ``preserved``."""
+def window_moments(model: nn.Module, window: EditWindow, preserved: torch.Tensor,
+                   batch_size: int = 256) -> list[torch.Tensor]:
+    """Per edited matrix, the second moment of its input over ``preserved``: the FFN input for
+    ``fc1``, every hidden unit's activation for ``fc2``.
+
+    They depend only on (model, pool, window), not on which units an edit keeps, so they are
+    computed once and kept for the next edits: a night's units, edited on copies of one
+    champion against one pool, pay for one forward over the pool instead of one each.
+    """
+    key = (fingerprint(model), _digest(preserved), window.describe())
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
     moments: list[torch.Tensor | None] = [None] * len(window.matrices)
     handles = []
 
-    def accumulate(index: int, keep: torch.Tensor | None, inputs: torch.Tensor) -> None:
+    def accumulate(index: int, inputs: torch.Tensor) -> None:
         flat = inputs.reshape(-1, inputs.shape[-1]).double()
-        if keep is not None:
-            flat = flat.index_select(-1, keep.to(flat.device))
         moment = flat.T @ flat
         moments[index] = moment if moments[index] is None else moments[index] + moment
 
-    for index, ((site, which), kept) in enumerate(zip(window.matrices, units)):
+    for index, (site, which) in enumerate(window.matrices):
         module = site.fc1(model) if which == "fc1" else site.fc2(model)
-        keep = None if which == "fc1" else kept.to(torch.long)
         handles.append(module.register_forward_hook(
-            lambda _m, args, _out, i=index, k=keep: accumulate(i, k, args[0])))
+            lambda _m, args, _out, i=index: accumulate(i, args[0])))
     try:
         device = next(model.parameters()).device
         for start in range(0, len(preserved), batch_size):
@@ -66,7 +87,26 @@ def preserved_projectors(model: nn.Module, window: EditWindow, units: Sequence[t
     finally:
         for handle in handles:
             handle.remove()
-    return [complement_projector(m.cpu(), energy) for m in moments]
+    computed = [m.cpu() for m in moments]
+    with _lock:
+        _cache[key] = computed
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return computed
+
+
+def preserved_projectors(model: nn.Module, window: EditWindow, units: Sequence[torch.Tensor],
+                         preserved: torch.Tensor, energy: float) -> list[torch.Tensor]:
+    """One projector per edited matrix: over the FFN input width for ``fc1`` rows, over the
+    kept units for ``fc2`` columns, from the unedited model's forward on ``preserved``."""
+    projectors = []
+    for moment, (_site, which), kept in zip(window_moments(model, window, preserved),
+                                            window.matrices, units):
+        if which == "fc2":
+            keep = kept.to(torch.long)
+            moment = moment.index_select(0, keep).index_select(1, keep)
+        projectors.append(complement_projector(moment, energy))
+    return projectors
 
 
 def confined_unit_deltas(model: nn.Module, window: EditWindow, units: Sequence[torch.Tensor],

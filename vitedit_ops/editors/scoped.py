@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..scope import fit_scope, prefix_tokens, window_keys
+from ..scope import fit_nearest_scope, fit_scope, prefix_tokens, window_keys
 from ..scoped import ScopedPatch, all_keys, scoped_patches
 from ..sites import EditWindow
 from .base import Editor, EditResult, validate_edit_inputs
@@ -28,24 +28,19 @@ class ScopedEditor(Editor):
     """``inner``'s edit, scoped against ``outside`` (model inputs that must stay outside).
 
     ``window`` is the edit window (its first block's input is where the scope reads);
-    ``margin`` raises the scope's threshold above the highest out-of-fold outside score;
+    ``rule`` is ``nearest`` (``scope.fit_nearest_scope``, ``margin`` the ratio, default 0.8)
+    or ``router`` (``scope.fit_scope``, ``margin`` in router score, default 0);
     ``avoid_earlier`` keeps the images of the model's earlier scoped patches outside too.
     """
 
     inner: Editor
     window: EditWindow
     outside: torch.Tensor
-    margin: float = 0.0
+    rule: str = "nearest"
+    margin: float | None = None
     avoid_earlier: bool = True
-    continues: float = 0.25  # an earlier scope covering this share of the images is continued
+    avoid: torch.Tensor | None = None  # model inputs of other patches made alongside this one
     name: str = "scoped"
-
-    def avoided(self, model: nn.Module, inside_keys: torch.Tensor) -> list[ScopedPatch]:
-        """Earlier patches whose images the new scope must leave out: every one but those
-        whose scope already covers ``continues`` of the new images (errors their patch left
-        unfixed: the new patch continues that work where the old scope is)."""
-        return [p for p in scoped_patches(model)
-                if float(p.scope.covers(inside_keys).float().mean()) < self.continues]
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
         images, labels = validate_edit_inputs(model, images, labels)
@@ -54,10 +49,19 @@ class ScopedEditor(Editor):
                                     "scope (a preserved pool)")
         inside_keys = window_keys(model, self.window, images)
         outside_keys = window_keys(model, self.window, self.outside)
-        earlier = all_keys(self.avoided(model, inside_keys)) if self.avoid_earlier else None
-        negatives = outside_keys if earlier is None else torch.cat([outside_keys, earlier])
-        fit = fit_scope(inside_keys, negatives, outside_keys, prefix_tokens(model),
-                        margin=self.margin)
+        earlier = all_keys(scoped_patches(model)) if self.avoid_earlier else None
+        if self.avoid is not None and len(self.avoid):
+            alongside = window_keys(model, self.window, self.avoid)
+            earlier = alongside if earlier is None else torch.cat([earlier, alongside])
+        if self.rule == "nearest":
+            fit = fit_nearest_scope(inside_keys, outside_keys, prefix_tokens(model),
+                                    margin=0.8 if self.margin is None else self.margin,
+                                    avoid=earlier)
+        elif self.rule == "router":
+            fit = fit_scope(inside_keys, outside_keys, outside_keys, prefix_tokens(model),
+                            margin=self.margin or 0.0, avoid=earlier)
+        else:
+            raise InvalidInputError(f"unknown scope rule {self.rule!r}; use nearest or router")
         covered = fit.inside_covered
         if not covered.any():
             raise InvalidInputError("the fitted scope covers none of the edit images")
@@ -67,6 +71,8 @@ class ScopedEditor(Editor):
                                        inside_keys[covered.cpu()])
         return replace(result, method=f"{result.method}+scope", patch=patch, settings={
             **result.settings, "scoped": True, "covered": covered.cpu().tolist(),
-            "outside_scope": int((~covered).sum()), "scope_threshold": fit.outside_max_score,
-            "scope_negatives": len(negatives), "earlier_scoped_patches":
-                len(scoped_patches(model))})
+            "outside_scope": int((~covered).sum()), "scope_rule": self.rule,
+            "scope_threshold": fit.threshold,
+            "scope_outside": len(outside_keys),
+            "scope_avoided": 0 if earlier is None else len(earlier),
+            "earlier_scoped_patches": len(scoped_patches(model))})

@@ -1,0 +1,65 @@
+"""The continual benchmark's quick run: the real nightly loop for two nights, checked for
+structure and sanity (which variant wins is the full run's business, not a test's)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.continual.run import ContinualConfig, run_continual
+from benchmarks.continual.scenario import Scenario, World
+from benchmarks.docs import write_section
+
+
+@pytest.mark.slow
+def test_two_nights_of_the_real_loop_are_measured_and_reported(trained_reference, tmp_path):
+    from flows.prefect_api import prefect_api
+
+    reference, directory, hypernet = trained_reference
+    with prefect_api():  # starts a Prefect server of its own, as `vitedit-ops bench` does
+        results = run_continual(reference, directory, hypernet, ContinualConfig(quick=True),
+                                tmp_path, log=lambda _msg: None)
+    nights = results["nights"]["product"]
+    assert [n["night"] for n in nights] == [1, 2]
+    assert [n["shift"] for n in nights] == list(results["scenario"]["days"])
+    for night in nights:
+        assert set(night["errors_after"]) == set(dict.fromkeys(
+            results["scenario"]["days"][:night["night"]]))
+        assert all(0 <= v <= 255 for v in night["errors_after"].values())
+        assert 0.0 <= night["clean_agreement"] <= 1.0
+        assert night["groups_applied"] <= night["groups_edited"] <= max(
+            night["groups_edited"], night["groups_collected"])
+        assert night["night_seconds"] > 0 and night["norm_growth"] >= 1.0
+        assert night["gate_passed"] == (night["champion_after"] != night["champion_served"])
+    summary = results["summary"]["product"]
+    assert summary["nights"] == 2 and 0 <= summary["nights_passed"] <= 2
+    assert summary["errors_before"] == sum(nights[-1]["errors_before"].values())
+    assert json.loads((tmp_path / "continual.json").read_text())["summary"] == json.loads(
+        json.dumps(results["summary"], default=str))
+    report = (tmp_path / "continual.md").read_text()
+    assert "| product |" in report and "night by night" in report
+    assert (tmp_path / "img" / "continual-errors.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_scenario_never_serves_its_evaluation_images(trained_reference):
+    reference, _, _ = trained_reference
+    world = World.build(reference.data, Scenario(days=("thicken", "rotate", "thicken")))
+    served_sources = {i for i in world.served.ids}
+    assert not served_sources & set(world.evaluation.ids)
+    requests = [r for day in range(3) for r in world.requests(day)]
+    shifted = [r for r in requests if r.subpopulation != "clean"]
+    assert {r.prediction_id.split("-", 1)[1].rsplit("-", 1)[0] for r in shifted} <= served_sources
+    assert len({r.prediction_id for r in requests}) == len(requests)
+    first, again = world.evaluation_set("thicken"), world.evaluation_set("thicken")
+    assert first[0].equal(again[0])  # one fixed draw per kind: nights are comparable
+
+
+def test_a_benchmark_rewrites_only_its_own_section(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    write_section(page, "edit", "## Edit\nold")
+    write_section(page, "continual", "## Continual\nfirst")
+    write_section(page, "edit", "## Edit\nnew")
+    text = page.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "new" in text and "old" not in text and text.index("## Edit") < text.index("first")
