@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitedit_ops.editors import create_editor
+from vitedit_ops.editors import PRODUCT
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import fingerprint
 from vitedit_ops.preprocess import Preprocessor
@@ -25,9 +25,9 @@ def test_localized_editor_fixes_a_real_error_group_and_generalizes(trained_refer
     before_locality = predict_logits(model, locality).argmax(-1)
     base = fingerprint(model)
 
-    result = create_editor("localized", hypernet=hypernet,  # the product defaults
-                           preserved=pre.normalize(data.preserved.pixels)).edit(model, edit,
-                                                                               labels)
+    result = PRODUCT.create(hypernet=hypernet,  # what the nightly flow runs
+                            preserved=pre.normalize(data.preserved.pixels)).edit(model, edit,
+                                                                                labels)
     assert result.success and result.reliability == 1.0
     assert (result.predictions_before != labels).all()  # these were real errors
     assert result.settings["null_space_energy"] > 0  # confined against the pool
