@@ -161,3 +161,42 @@ def test_real_build_reaches_the_target(real_build):
     loaded = load_reference(build_if_missing=False, config=default_config(),
                             reference_dir=directory)
     assert loaded.card.fingerprint == card.fingerprint
+
+
+_CONCURRENT_BUILDER = """
+import sys, time
+from pathlib import Path
+from tests.reference.conftest import TINY
+from vitedit_ops.reference import load_reference
+
+def meta_train_hypernet(model, spec, data, out_dir):
+    with open(sys.argv[1], "a") as calls:  # one line per real hypernetwork build
+        calls.write("built\\n")
+    time.sleep(2)  # long enough for the other process to arrive while this one builds
+    (out_dir / "hypernet.safetensors").write_bytes(b"weights")
+    return out_dir / "hypernet.safetensors"
+
+print(load_reference(config=TINY, hypernet_builder=meta_train_hypernet).card.fingerprint)
+"""
+
+
+def test_concurrent_processes_build_the_cache_once(tmp_path):
+    """Two commands (or test workers) asking for a missing cache at once: one builds, the
+    other waits and loads what it built, instead of both training into the same files."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "VITEDIT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(root)}
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "build.py"
+    script.write_text(_CONCURRENT_BUILDER)
+    processes = [subprocess.Popen([sys.executable, str(script), str(calls)], cwd=root, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
+    assert calls.read_text().splitlines() == ["built"]
+    fingerprints = {out.strip().splitlines()[-1] for out, _ in outputs}
+    assert len(fingerprints) == 1

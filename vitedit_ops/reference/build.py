@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NamedTuple
 
+from filelock import FileLock, Timeout
 from torch import nn
 
 from ..device import resolve_device
@@ -39,6 +42,7 @@ SHIFT_SEED = 0
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 HYPERNET_DIR = "hypernet"
+log = logging.getLogger(__name__)
 _VERSIONED = ("vitedit-ops", "torch", "timm", "numpy", "scikit-learn", "scipy", "safetensors")
 
 HypernetBuilder = Callable[[nn.Module, ModelSpec, ReferenceData, Path], Path]
@@ -93,11 +97,16 @@ def build_reference(config: TrainConfig | None = None, *, reference_dir: str | P
     config = config or default_config()
     directory = _directory(reference_dir)
     device = device or get_settings().device
-    if not force:
-        cached, _ = _load_cached(directory, config, device)
-        if cached is not None:
-            return _ensure_hypernet(cached, directory, hypernet_builder)
+    with _build_lock(directory):
+        if not force:
+            cached, _ = _load_cached(directory, config, device)
+            if cached is not None:
+                return _ensure_hypernet(cached, directory, hypernet_builder)
+        return _build(config, directory, device, hypernet_builder, progress)
 
+
+def _build(config: TrainConfig, directory: Path, device: str,
+           hypernet_builder: HypernetBuilder | None, progress: bool) -> Reference:
     started = time.perf_counter()
     recipe = reference_recipe(config)
     data = load_reference_data(recipe["data"]["split_seed"])
@@ -137,14 +146,31 @@ def load_reference(build_if_missing: bool = True, config: TrainConfig | None = N
     config = config or default_config()
     directory = _directory(reference_dir)
     device = device or get_settings().device
-    cached, reason = _load_cached(directory, config, device)
-    if cached is not None:
-        return _ensure_hypernet(cached, directory, hypernet_builder)
-    if not build_if_missing:
-        raise CheckpointError(f"reference model in {directory}: {reason}; "
-                              f"run `vitedit-ops reference build`")
-    return build_reference(config, reference_dir=directory, device=device, force=True,
-                           hypernet_builder=hypernet_builder, progress=progress)
+    with _build_lock(directory):
+        cached, reason = _load_cached(directory, config, device)
+        if cached is not None:
+            return _ensure_hypernet(cached, directory, hypernet_builder)
+        if not build_if_missing:
+            raise CheckpointError(f"reference model in {directory}: {reason}; "
+                                  f"run `vitedit-ops reference build`")
+        return _build(config, directory, device, hypernet_builder, progress)
+
+
+@contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """One process builds (or checks) the cache at a time: concurrent commands and test
+    workers would otherwise train the same model and hypernetwork into the same files."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory.parent / f".{directory.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("waiting for another process building the reference cache in %s", directory)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _directory(reference_dir: str | Path | None) -> Path:
