@@ -121,6 +121,10 @@ class EditSettings(BaseModel):
     group_locality_min: float = Field(0.99, ge=0, le=1, description="A group's own edit, and "
                                       "the stack of accepted groups, must keep at least this "
                                       "share of the suite's predictions (default: the gate's).")
+    group_generalization_min: float = Field(0.5, ge=0, le=1, description="A unit with held-out"
+                                            " images must fix at least this share of them "
+                                            "(default: the gate's): one that does not waits for "
+                                            "more data instead of failing the night's gate.")
     group_retention_min: float = Field(0.98, ge=0, le=1, description="...and keep at least this "
                                        "share of earlier nights' fixes right (default: the "
                                        "gate's).")

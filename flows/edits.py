@@ -4,9 +4,11 @@ A unit is a subpopulation (edited as a scoped patch) or a (true, predicted) grou
 Each is edited on its own copy of the champion, so units can run in parallel (threads or Dask
 workers) and one unit's failure touches nothing else. A unit is accepted when its edit fixes
 every edit image it covers (reliability), keeps its confirmed-correct images right, keeps the
-champion's prediction on at least ``group_locality_min`` of the gate suite and keeps
-``group_retention_min`` of the images earlier nights fixed right; the night then combines
-accepted units. What happened to a unit is the registry's own record type
+champion's prediction on at least ``group_locality_min`` of the gate suite, keeps
+``group_retention_min`` of the images earlier nights fixed right and fixes at least
+``group_generalization_min`` of its held-out errors (a unit that does not generalize would
+fail the night's gate for every other unit; its errors wait for a night with more of them);
+the night then combines accepted units. What happened to a unit is the registry's own record type
 (``registry.GroupEdit``), so the flow and the registry never keep two versions of it.
 """
 
@@ -26,6 +28,8 @@ from vitedit_ops.editors import ScopedEditor, create_editor
 from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.groups import ImageRef
 from vitedit_ops.metrics import accuracy, predict_logits
+from vitedit_ops.scope import window_keys
+from vitedit_ops.scoped import ScopedPatch
 
 from .config import EditSettings
 from .lineage import ChampionContext
@@ -146,10 +150,17 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
             worker=f"{worker} ({target})"), images)
     result.patch.apply(model)
     after = {**_measure(context, model, images, target), **suite_checks(context, model)}
+    if isinstance(result.patch, ScopedPatch) and len(images.heldout_pixels):
+        # a held-out error outside the scope cannot be fixed by this patch: say how many are in
+        keys = window_keys(model, editor.window, inputs(images.heldout_pixels).to(target))
+        after["heldout_in_scope"] = float(result.patch.scope.covers(keys).float().mean())
     problems = suite_problems(after, settings)
     if after["reliability"] < 1.0:
         problems.insert(0, f"fixes {after['reliability']:.0%} of its edit images "
                            f"in {result.steps} steps")
+    if len(images.heldout_pixels) and after["generalization"] < settings.group_generalization_min:
+        problems.append(f"fixes {after['generalization']:.0%} of its held-out images < "
+                        f"{settings.group_generalization_min:.0%} (waits for more data)")
     if after.get("kept", 1.0) < 1.0:
         problems.append(f"keeps {after['kept']:.0%} of its confirmed-correct images right")
     note = "; ".join(problems + notes)

@@ -82,7 +82,9 @@ def group_rows(outcomes: list[GroupOutcome]) -> list[dict[str, Any]]:
             "reliability": _num(e.after.get("reliability")),
             "generalization": f"{_fmt(e.before.get('generalization'))} -> "
                               f"{_fmt(e.after.get('generalization'))}",
-            "locality": _num(e.after.get("locality")), "worker": e.worker, "note": e.note})
+            "locality": _num(e.after.get("locality")),
+            "heldout_in_scope": _num(e.after.get("heldout_in_scope")),
+            "worker": e.worker, "note": e.note})
     return rows
 
 

@@ -209,7 +209,9 @@ class ScopeStack(nn.Module):
         super().__init__()
         self.block = block
         self.patches = nn.ModuleList()
-        self._gates: torch.Tensor | None = None
+        # the gates of the forward pass under way, set by the block's pre-hook: kept in a plain
+        # dict, not a tensor attribute (ONNX export warns on a tensor attribute set in forward)
+        self._forward: dict[str, torch.Tensor | None] = {"gates": None}
 
     @staticmethod
     def installed(model: nn.Module, block: str | None = None, create: bool = False
@@ -257,17 +259,18 @@ class ScopeStack(nn.Module):
 
     def _compute_gates(self, _module: nn.Module, args: tuple) -> None:
         hidden = args[0]
-        self._gates = torch.stack([p.scope(hidden) for p in self.patches]) \
+        self._forward["gates"] = torch.stack([p.scope(hidden) for p in self.patches]) \
             if len(self.patches) else None
 
     def _add_changes(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        if self._gates is None:
+        gates = self._forward["gates"]
+        if gates is None:
             return out
         name = module._vitedit_weight
         x = args[0]
         total, anywhere = None, None
         shape = (-1,) + (1,) * (out.ndim - 1)
-        for gate, patch in zip(self._gates, self.patches):
+        for gate, patch in zip(gates, self.patches):
             delta = patch.delta_for(name)
             if delta is None:
                 continue

@@ -189,7 +189,7 @@ def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHyperne
                 "earlier_fixes": len(fixed_earlier), "earlier_fixes_kept": kept,
                 "norm_growth": measure.norm_growth(model),
                 "units": [{k: g.get(k) for k in ("group", "edit", "heldout", "outcome",
-                                                 "generalization", "note")}
+                                                 "generalization", "heldout_in_scope", "note")}
                           for g in result.groups],
                 "serve_seconds": round(served_seconds, 2),
                 "night_seconds": round(night_seconds, 2),

@@ -68,6 +68,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{s['earlier_fixes']} | {s['groups_collected']} / {s['groups_edited']} / "
             f"{s['groups_applied']} | {s['norm_growth_max']:.2f} | "
             f"{s['night_seconds_mean']:.0f} / {s['night_seconds_max']:.0f} |")
+    lines += _against_peers(results["summary"])
     lines += ["", "Goals: " + "; ".join(f"{k} {v}" for k, v in GOALS.items()) + ".", "",
               "![errors per shift over the nights](img/continual-errors.png)", ""]
     for name, rows in results["nights"].items():
@@ -85,6 +86,24 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['night_seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _against_peers(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The product's error reduction as a share of each retraining peer's (goal >= 80%, at a
+    higher clean agreement than the peer)."""
+    product = summary.get("product")
+    if product is None or product["error_reduction"] is None:
+        return []
+    lines = []
+    for name, peer in summary.items():
+        if not name.startswith("retrain") or not peer["error_reduction"]:
+            continue
+        share = product["error_reduction"] / peer["error_reduction"]
+        lines.append(f"- product vs {name}: {share:.0%} of its error reduction "
+                     f"({_pct(product['error_reduction'])} vs {_pct(peer['error_reduction'])}), "
+                     f"clean agreement {product['clean_agreement']:.3f} vs "
+                     f"{peer['clean_agreement']:.3f}.")
+    return [""] + lines if lines else []
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:

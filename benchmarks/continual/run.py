@@ -115,7 +115,43 @@ def run_continual(reference: Reference, reference_dir: Path, hypernet: MaskHyper
         "nights": nights,
         "seconds": time.perf_counter() - started,
     }
+    return write_results(results, out_dir)
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``continual.json``, ``continual.md`` and the plot in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "continual.json").write_text(json.dumps(results, indent=2, default=str))
     plot(results, out_dir / "img" / "continual-errors.png")
     (out_dir / "continual.md").write_text(markdown(results))
     return results
+
+
+def merge_results(run_dirs: list[Path]) -> dict[str, Any]:
+    """One report from runs made separately (variants run in parallel processes): refused
+    unless every run played the same scenario on the same reference model. Their wall times
+    were measured under each other's load: compare them within a run, not across."""
+    if not run_dirs:
+        raise InvalidInputError("nothing to merge: name the continual runs' directories")
+    runs = []
+    for directory in run_dirs:
+        path = directory / "continual.json"
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"{path}: not a finished continual run ({exc})") from exc
+    first = runs[0]
+    for directory, run in zip(run_dirs, runs):
+        for key in ("scenario", "reference", "quick"):
+            if run[key] != first[key]:
+                raise InvalidInputError(f"{directory} ran another {key} than {run_dirs[0]}: "
+                                        "runs of different worlds cannot share a table")
+    merged = {**first, "command": " ; ".join(dict.fromkeys(r["command"] for r in runs)),
+              "created": max(r["created"] for r in runs),
+              "seconds": sum(r["seconds"] for r in runs),
+              "merged_from": [str(d) for d in run_dirs],
+              "variants": {}, "summary": {}, "nights": {}}
+    for run in runs:
+        for part in ("variants", "summary", "nights"):
+            merged[part].update(run[part])
+    return merged

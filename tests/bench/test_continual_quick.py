@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from benchmarks.continual.run import ContinualConfig, run_continual
+from benchmarks.continual.run import ContinualConfig, merge_results, run_continual
+from vitedit_ops.errors import InvalidInputError
 from benchmarks.continual.scenario import Scenario, World
 from benchmarks.docs import write_section
 
@@ -40,6 +41,21 @@ def test_two_nights_of_the_real_loop_are_measured_and_reported(trained_reference
     report = (tmp_path / "continual.md").read_text()
     assert "| product |" in report and "night by night" in report
     assert (tmp_path / "img" / "continual-errors.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a variant run in another process joins the same report; another world is refused
+    other = tmp_path / "other"
+    other.mkdir()
+    again = json.loads((tmp_path / "continual.json").read_text())
+    for part in ("variants", "summary", "nights"):
+        again[part] = {"product, again": again[part]["product"]}
+    (other / "continual.json").write_text(json.dumps(again))
+    merged = merge_results([tmp_path, other])
+    assert list(merged["summary"]) == ["product", "product, again"]
+    assert merged["seconds"] == pytest.approx(2 * results["seconds"])
+    again["scenario"]["seed"] += 1
+    (other / "continual.json").write_text(json.dumps(again))
+    with pytest.raises(InvalidInputError, match="another scenario"):
+        merge_results([tmp_path, other])
 
 
 def test_the_scenario_never_serves_its_evaluation_images(trained_reference):

@@ -34,10 +34,13 @@ def bench(
                                    "shifts (the product's scoreboard)."),
     variant: list[str] = typer.Option([], "--variant", help="With --continual: run only "
                                       "this variant (repeatable), e.g. --variant product."),
+    merge: list[Path] = typer.Option([], "--merge", help="With --continual: run nothing; "
+                                     "write one report from these finished runs' directories "
+                                     "(repeatable), e.g. variants run in parallel."),
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
     if continual:
-        _continual(quick, out, tuple(variant), write_docs)
+        _continual(quick, out, tuple(variant), write_docs, merge)
         return
     # benchmarks/ is a top-level package outside the engine: imported only when bench runs
     from benchmarks.docs import write_section
@@ -69,9 +72,11 @@ def bench(
 
 
 def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
-               write_docs: bool | None) -> None:
-    """``bench --continual``: every variant through the nights of the scenario."""
-    from benchmarks.continual.run import ContinualConfig, run_continual
+               write_docs: bool | None, merge: list[Path]) -> None:
+    """``bench --continual``: every variant through the nights of the scenario (or, with
+    ``--merge``, one report from runs already made)."""
+    from benchmarks.continual.run import (ContinualConfig, merge_results, run_continual,
+                                          write_results)
     from benchmarks.docs import write_section
     from flows.prefect_api import prefect_api
 
@@ -79,12 +84,16 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
     from ..settings import get_settings
 
     out = out or Path("bench-results") / datetime.now().strftime("continual-%Y%m%d-%H%M%S")
-    console.print("loading (or building) the reference model and its hypernetwork ...")
-    reference, hypernet = load_reference_with_hypernet(progress=True)
-    config = ContinualConfig(quick=quick, variants=variants)
-    with prefect_api():
-        results = run_continual(reference, get_settings().reference_dir, hypernet, config,
-                                out, log=lambda msg: console.print(msg, highlight=False))
+    if merge:
+        results = write_results(merge_results(merge), out)
+        quick, variants = results["quick"], ()
+    else:
+        console.print("loading (or building) the reference model and its hypernetwork ...")
+        reference, hypernet = load_reference_with_hypernet(progress=True)
+        config = ContinualConfig(quick=quick, variants=variants)
+        with prefect_api():
+            results = run_continual(reference, get_settings().reference_dir, hypernet, config,
+                                    out, log=lambda msg: console.print(msg, highlight=False))
     console.print(f"results in {out} ({results['seconds'] / 60:.1f} min)")
     for name, s in results["summary"].items():
         kept = "n/a" if s["earlier_fixes_kept"] is None else f"{s['earlier_fixes_kept']:.1%}"
