@@ -24,7 +24,8 @@ OptimizerName = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 # fields passed to ``create_editor`` (it keeps those the chosen editor declares)
 EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
                  "null_space_energy", "replay_weight", "replay_scope", "jitter_copies")
-SCOPED_EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target")
+SCOPED_EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
+                        "jitter_copies")
 
 
 class ScopedSettings(BaseModel):
@@ -43,6 +44,8 @@ class ScopedSettings(BaseModel):
     max_steps: int = Field(PRODUCT_SCOPED.get("max_steps"), ge=1, description="Step limit.")
     ce_target: float = Field(PRODUCT_SCOPED.get("ce_target"), gt=0, description="Stop once "
                              "every image is right and their cross-entropy is at most this.")
+    jitter_copies: int = Field(PRODUCT_SCOPED.get("jitter_copies"), ge=0, description="Jittered"
+                               " copies of every image of the subpopulation in the loss.")
     min_errors: int = Field(6, ge=2, description="Smaller subpopulations wait for more data.")
     max_units: int = Field(4, ge=1, description="Largest subpopulations edited per night.")
     max_edit_images: int | None = Field(64, ge=1, description="Edit images per subpopulation "

@@ -117,6 +117,16 @@ def suite_problems(checks: dict[str, float], settings: EditSettings) -> list[str
     return problems
 
 
+def generalization_problems(after: dict[str, float], heldout: int,
+                            settings: EditSettings) -> list[str]:
+    """Why a unit's edit generalizes too little to ship (empty: it does, or it has no held-out
+    images to tell)."""
+    if heldout and after["generalization"] < settings.group_generalization_min:
+        return [f"fixes {after['generalization']:.0%} of its {heldout} held-out images < "
+                f"{settings.group_generalization_min:.0%} (waits for more data)"]
+    return []
+
+
 def edit_group(context: ChampionContext, images: GroupImages, settings: EditSettings,
                device: str | None = None, preserved: PreservedPool | None = None
                ) -> GroupOutcome:
@@ -158,9 +168,7 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
     if after["reliability"] < 1.0:
         problems.insert(0, f"fixes {after['reliability']:.0%} of its edit images "
                            f"in {result.steps} steps")
-    if len(images.heldout_pixels) and after["generalization"] < settings.group_generalization_min:
-        problems.append(f"fixes {after['generalization']:.0%} of its held-out images < "
-                        f"{settings.group_generalization_min:.0%} (waits for more data)")
+    problems += generalization_problems(after, len(images.heldout_pixels), settings)
     if after.get("kept", 1.0) < 1.0:
         problems.append(f"keeps {after['kept']:.0%} of its confirmed-correct images right")
     note = "; ".join(problems + notes)

@@ -31,7 +31,13 @@ from .scenario import QUICK_DAYS, Scenario, World
 
 PRODUCT = "product"
 RETRAIN = {"strategy": "retrain", "subpopulations": False, "min_group_size": 1,
-           "max_groups": None, "max_edit_images": None}
+           "max_groups": None, "max_edit_images": None,
+           "group_locality_min": 0.0, "group_retention_min": 0.0,
+           "group_generalization_min": 0.0}
+# a retraining pipeline ships when clean accuracy holds (and the export matches): it promises
+# no edit image, no held-out share and no unchanged prediction in particular
+RETRAIN_GATE = {"reliability_min": 0.0, "generalization_min": 0.0, "locality_min": 0.0,
+                "sensitive_min": 0.0, "retention_min": 0.0, "norm_growth_max": 1000.0}
 # every lever of the product switched off (or swapped) one at a time, and the peers
 VARIANTS: tuple[Variant, ...] = (
     Variant(PRODUCT, note="the nightly flow's defaults (EditSettings())"),
@@ -41,6 +47,8 @@ VARIANTS: tuple[Variant, ...] = (
             note="does the hypernetwork's choice of units matter inside a scope?"),
     Variant("scopes, random mask", {"scoped": {"method": "random_mask"}},
             note="the same number of units inside the scope, chosen at random"),
+    Variant("scopes, jittered copies", {"scoped": {"jitter_copies": 4}},
+            note="four jittered copies of every subpopulation image in the scoped edit"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes, earlier patches not avoided", {"scoped": {"avoid_earlier": False}},
@@ -50,11 +58,14 @@ VARIANTS: tuple[Variant, ...] = (
              "ce_target": 0.01, "preserve": False},
             note="the paper's editor: no preserved pool, no confinement, CE <= 0.01"),
     Variant("retrain: full fine-tuning", {**RETRAIN, "method": "full_ft", "lr": 3e-5,
-                                          "ce_target": 0.05, "max_steps": 200},
-            note="the peer: full FT on the night's labelled images + replay of clean ones"),
+                                          "ce_target": 0.05, "max_steps": 200}, RETRAIN_GATE,
+            note="the peer: full FT on the night's labelled images + replay of clean ones, "
+                 "shipped when clean accuracy holds (accuracy_drop <= 0.5 points)"),
     Variant("retrain: LoRA", {**RETRAIN, "method": "lora", "lr": 1e-3, "ce_target": 0.05,
-                              "max_steps": 200},
-            note="the peer with LoRA on the edit window"),
+                              "max_steps": 200}, RETRAIN_GATE,
+            note="the peer with LoRA on the edit window, gated as the full-FT peer"),
+    Variant("no unit generalization floor", {"group_generalization_min": 0.0},
+            note="units that fix under half of their held-out errors are applied too"),
 )
 QUICK_EDIT = {"max_groups": 2, "max_steps": 30}
 

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.config import EditSettings
-from flows.edits import suite_problems
+from flows.edits import generalization_problems, suite_problems
 from registry.lineage_assets import register_hypernet
 from flows.reporting import (ALREADY_REGISTERED, GATE_ARTIFACT, GROUPS_ARTIFACT,
                              NOTHING_TO_EDIT, REGISTERED)
@@ -170,6 +170,40 @@ def test_a_group_edit_that_undoes_earlier_fixes_is_named_as_such():
     assert undo.startswith("undoes earlier fixes: retention 0.5000 < 0.85")
     both = suite_problems({"locality": 0.5, "retention": 0.5}, settings)
     assert [p.split(" ")[0] for p in both] == ["suite", "undoes"]
+
+
+def test_a_unit_that_generalizes_too_little_waits_for_more_data():
+    """The production floor: a unit fixing under half of its held-out errors is not applied
+    (it would fail the night's gate for every other unit); with none held out it cannot tell."""
+    settings = EditSettings()
+    assert settings.group_generalization_min == 0.5
+    assert generalization_problems({"generalization": 0.5}, 8, settings) == []
+    low, = generalization_problems({"generalization": 0.25}, 8, settings)
+    assert low == "fixes 25% of its 8 held-out images < 50% (waits for more data)"
+    assert generalization_problems({"generalization": 0.0}, 0, settings) == []
+    assert generalization_problems({"generalization": 0.25}, 8,
+                                   EditSettings(group_generalization_min=0.2)) == []
+
+
+@pytest.mark.slow
+def test_a_retraining_night_fine_tunes_on_every_unit_and_the_gate_judges_it(night,
+                                                                           tracking_uri):
+    """strategy=retrain (the continual benchmark's peer): one unit, every labelled image of
+    the night, a challenger gated like any other (the lax gate passes it or says why)."""
+    n = night()
+    result = n.run(edit={"strategy": "retrain", "method": "full_ft", "lr": 3e-5,
+                         "null_space_energy": None,  # the lax settings are the localized editor's
+                         "max_steps": 30, "subpopulations": False, "min_group_size": 1,
+                         "max_groups": None, "max_edit_images": None})
+    assert [g["group"] for g in result.groups] == ["retrain"]
+    unit, = result.groups
+    loaded = result.collected["edit_images"] + result.collected["heldout_images"] \
+        - result.collected["unreadable"] - result.collected["in_suite"]
+    assert unit["edit"] + unit["heldout"] == loaded  # every error of every group, once
+    assert "of the edit images in" in unit["note"]  # how far the fit got, never a rejection
+    assert result.status == REGISTERED and result.gate is not None, result.groups
+    info = versions.get(MlflowClient(tracking_uri), n.name, result.version)
+    assert info.tags[versions.EDITED_GROUPS] == "retrain"
 
 
 @pytest.mark.slow

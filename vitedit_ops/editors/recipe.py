@@ -66,6 +66,7 @@ PRODUCT_SCOPED = EditRecipe("localized", {
     "ce_target": 0.05,
     "null_space_energy": 0.0,
     "jitter_copies": 0,
+    "jitter_max_images": None,  # when jitter is on, every image of the subpopulation
 })
 """What the nightly flow runs on a subpopulation inside its scope (``editors/scoped.py``)."""
 
