@@ -42,7 +42,7 @@ class ChampionRef:
 class Drift:
     """How far the champion has moved from its lineage root (the hypernetwork's base)."""
 
-    relation: str                       # "base" or "descendant"
+    relation: str                       # "base", "descendant" or "retrained"
     changed_tensors: tuple[str, ...]
     window_relative_change: float       # ||W - W_root|| / ||W_root|| over the edit window
     scoped_patches: int = 0             # patches that apply inside their scopes only
@@ -50,6 +50,10 @@ class Drift:
     def summary(self) -> str:
         if self.relation == "base":
             return "the champion is the lineage root (no edits yet)"
+        if self.relation == "retrained":
+            return (f"the champion was retrained: {len(self.changed_tensors)} tensors changed "
+                    f"since the lineage root, edit-window weights moved "
+                    f"{self.window_relative_change:.2%} (relative L2)")
         weights = [t for t in self.changed_tensors if t != STACK]
         return (f"{len(weights)} tensors changed since the lineage root, edit-window weights "
                 f"moved {self.window_relative_change:.2%} (relative L2); "
@@ -70,6 +74,14 @@ class ChampionContext:
     drift: Drift
     base_preserved: torch.Tensor | None  # the lineage's held-out preserved pixels, if any
     _workdir: tempfile.TemporaryDirectory
+    hypernet_refusal: str = ""  # why the hypernetwork does not fit a retrained champion
+
+    def require_hypernet(self) -> None:
+        """Refuse a night that needs the hypernetwork (masks, windows of subpopulations) on a
+        champion it was not meta-trained for (fine-tuned outside the FFNs)."""
+        if self.hypernet_refusal:
+            raise IncompatibleBaseError(f"{self.hypernet_refusal}; meta-train a hypernetwork "
+                                        "for this champion, or run strategy=retrain")
 
     @property
     def root_fingerprint(self) -> str:
@@ -103,21 +115,34 @@ def _load(ref: ChampionRef) -> ChampionContext:
         raise IncompatibleBaseError(
             f"{ref.name} v{ref.version} descends from {info.lineage_root_fingerprint[:12]}, but "
             f"its lineage's hypernetwork was trained for {hypernet.config.base_fingerprint[:12]}")
-    lineage = hypernet.check_base(model)
+    refusal = ""
+    try:
+        lineage = hypernet.check_base(model)
+    except IncompatibleBaseError as exc:
+        # a champion retrained beyond the FFNs (strategy=retrain with full fine-tuning): only
+        # the nights that need the hypernetwork refuse it
+        plain = {k for k in model.state_dict() if not k.startswith(f"{STACK}.")}
+        if plain != set(hypernet.config.base_tensor_fingerprints):
+            raise  # another architecture: nothing of this lineage applies
+        refusal, lineage = str(exc), None
     workdir = tempfile.TemporaryDirectory(prefix="vitedit-champion-")
     suite = load_suite(download_suite(ref.name, ref.version, dst=workdir.name,
                                       tracking_uri=ref.tracking_uri))
     suite.assert_lineage(info.lineage_root_fingerprint)
     predictions = predict_logits(model, suite.inputs(suite.pixels)).argmax(-1)
-    if lineage.relation == "base":
+    if lineage is not None and lineage.relation == "base":
         drift = Drift("base", (), 0.0)
     else:
         root, _, _ = load_version(ref.name, info.base_version, tracking_uri=ref.tracking_uri)
-        drift = Drift("descendant", lineage.changed_tensors,
+        changed = lineage.changed_tensors if lineage is not None else tuple(
+            name for name, value in model.state_dict().items()
+            if name in root.state_dict()
+            and not torch.equal(value.cpu(), root.state_dict()[name].cpu()))
+        drift = Drift("descendant" if lineage is not None else "retrained", changed,
                       relative_change(root, model, hypernet.config.weight_names),
                       len(scoped_patches(model)))
     return ChampionContext(ref, info, model, spec, hypernet, suite, predictions, drift,
-                           assets.preserved, workdir)
+                           assets.preserved, workdir, refusal)
 
 
 def relative_change(root: nn.Module, model: nn.Module, names: list[str]) -> float:

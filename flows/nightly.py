@@ -277,6 +277,8 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         return result
     ref = pin_champion(plan.model, plan.tracking_uri)
     context = champion_context(ref)
+    if plan.settings.strategy == "edit" or plan.settings.edits_subpopulations:
+        context.require_hypernet()
     ids = [r.record_id or r.sha256 for g in groups for r in (*g.edit_images, *g.heldout_images)]
     key = idempotency_key(plan.model, ref.version, context.info.fingerprint, ids,
                           plan.settings, plan.gate.to_dict())

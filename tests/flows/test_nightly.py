@@ -16,6 +16,7 @@ from flows.reporting import (ALREADY_REGISTERED, GATE_ARTIFACT, GROUPS_ARTIFACT,
 from registry import versions
 from registry.errors import RegistryError
 from registry.loading import download_suite
+from vitedit_ops.errors import IncompatibleBaseError
 from vitedit_ops.gate import load_suite
 
 from .flows_testlib import LAX_EDIT, LAX_GATE
@@ -191,10 +192,16 @@ def test_a_retraining_night_fine_tunes_on_every_unit_and_the_gate_judges_it(nigh
     """strategy=retrain (the continual benchmark's peer): one unit, every labelled image of
     the night, a challenger gated like any other (the lax gate passes it or says why)."""
     n = night()
-    result = n.run(edit={"strategy": "retrain", "method": "full_ft", "lr": 3e-5,
-                         "null_space_energy": None,  # the lax settings are the localized editor's
-                         "max_steps": 30, "subpopulations": False, "min_group_size": 1,
-                         "max_groups": None, "max_edit_images": None})
+    retrain = {"strategy": "retrain", "method": "full_ft", "lr": 3e-5,
+               "null_space_energy": None,  # the lax settings are the localized editor's
+               "max_steps": 30, "subpopulations": False, "min_group_size": 1,
+               "max_groups": None, "max_edit_images": None,
+               "group_locality_min": 0.0, "group_retention_min": 0.0}
+    # gated as a retraining pipeline is: clean accuracy and the export
+    as_retraining = {"reliability_min": 0.0, "generalization_min": 0.0, "locality_min": 0.0,
+                     "sensitive_min": 0.0, "retention_min": 0.0, "norm_growth_max": 1000.0,
+                     "accuracy_drop_max": 100.0}
+    result = n.run(edit=retrain, gate=as_retraining, auto_promote=True)
     assert [g["group"] for g in result.groups] == ["retrain"]
     unit, = result.groups
     loaded = result.collected["edit_images"] + result.collected["heldout_images"] \
@@ -204,6 +211,16 @@ def test_a_retraining_night_fine_tunes_on_every_unit_and_the_gate_judges_it(nigh
     assert result.status == REGISTERED and result.gate is not None, result.groups
     info = versions.get(MlflowClient(tracking_uri), n.name, result.version)
     assert info.tags[versions.EDITED_GROUPS] == "retrain"
+    assert result.promoted
+
+    # the champion now differs outside the FFNs: the hypernetwork does not fit it any more.
+    # An editing night refuses in one line; the next retraining night goes on.
+    n.serve(range(200, 400), day=1)
+    with pytest.raises(IncompatibleBaseError, match="meta-train a hypernetwork for this"):
+        n.run()
+    again = n.run(edit=retrain, gate=as_retraining)
+    assert again.champion_version == result.version and again.drift.relation == "retrained"
+    assert again.status == REGISTERED, again.groups
 
 
 @pytest.mark.slow
