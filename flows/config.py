@@ -128,6 +128,9 @@ class EditSettings(BaseModel):
                                             " images must fix at least this share of them "
                                             "(default: the gate's): one that does not waits for "
                                             "more data instead of failing the night's gate.")
+    group_min_heldout: int = Field(5, ge=0, description="...on at least this many held-out "
+                                   "images: a smaller unit cannot show it generalizes (one "
+                                   "image of two is 50%) and waits for more data.")
     group_retention_min: float = Field(0.98, ge=0, le=1, description="...and keep at least this "
                                        "share of earlier nights' fixes right (default: the "
                                        "gate's).")

@@ -6,8 +6,9 @@ workers) and one unit's failure touches nothing else. A unit is accepted when it
 every edit image it covers (reliability), keeps its confirmed-correct images right, keeps the
 champion's prediction on at least ``group_locality_min`` of the gate suite, keeps
 ``group_retention_min`` of the images earlier nights fixed right and fixes at least
-``group_generalization_min`` of its held-out errors (a unit that does not generalize would
-fail the night's gate for every other unit; its errors wait for a night with more of them);
+``group_generalization_min`` of its held-out errors, at least ``group_min_heldout`` of them
+(a unit that does not generalize would fail the night's gate for every other unit, and a
+two-image group passes 50% by luck; their errors wait for a night with more of them);
 the night then combines accepted units. What happened to a unit is the registry's own record type
 (``registry.GroupEdit``), so the flow and the registry never keep two versions of it.
 """
@@ -119,8 +120,11 @@ def suite_problems(checks: dict[str, float], settings: EditSettings) -> list[str
 
 def generalization_problems(after: dict[str, float], heldout: int,
                             settings: EditSettings) -> list[str]:
-    """Why a unit's edit generalizes too little to ship (empty: it does, or it has no held-out
-    images to tell)."""
+    """Why a unit's edit generalizes too little to ship, or has too few held-out images to tell
+    (empty: it generalizes)."""
+    if heldout < settings.group_min_heldout:
+        return [f"{heldout} held-out image(s) cannot show it generalizes (at least "
+                f"{settings.group_min_heldout}; waits for more data)"]
     if heldout and after["generalization"] < settings.group_generalization_min:
         return [f"fixes {after['generalization']:.0%} of its {heldout} held-out images < "
                 f"{settings.group_generalization_min:.0%} (waits for more data)"]

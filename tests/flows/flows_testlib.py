@@ -20,6 +20,7 @@ LAX_GATE = {"locality_min": 0.85, "sensitive_min": 0.5, "accuracy_drop_max": 10.
 # groups on a second night (the nightly's 0.999 / 1e-3 leave them unfixed in 100 steps)
 LAX_EDIT = {"null_space_energy": 0.99, "lr": 3e-3, "group_locality_min": 0.93,
             "group_retention_min": 0.85, "group_generalization_min": 0.0,
+            "group_min_heldout": 0,
             "min_group_size": 3, "max_groups": 3}
 
 

@@ -36,7 +36,7 @@ class MaskedEditor(Editor):
     replay_scope: str = "confusable"
     null_space_energy: float = 0.0  # > 0: confine the change against the preserved pool
     jitter_copies: int = 0  # jittered copies of each edit image in the loss ...
-    jitter_max_images: int | None = 1  # ... for edits of at most this many images (None: any)
+    jitter_max_images: int = 1  # ... for edits of at most this many images
 
     def edit_window(self, model: nn.Module) -> EditWindow:
         """The window this editor changes in ``model``."""
@@ -63,8 +63,7 @@ class MaskedEditor(Editor):
                                    self.replay_weight)
             deltas = confined_unit_deltas(model, window, units, self.preserved,
                                           self.null_space_energy)
-        copies = self.jitter_copies if self.jitter_max_images is None \
-            or len(images) <= self.jitter_max_images else 0
+        copies = self.jitter_copies if len(images) <= self.jitter_max_images else 0
         return window_edit(
             self.name, model, window, deltas, images, labels, self.optim,
             settings={"keep_fraction": self.keep_fraction,

@@ -66,7 +66,8 @@ PRODUCT_SCOPED = EditRecipe("localized", {
     "ce_target": 0.05,
     "null_space_energy": 0.0,
     "jitter_copies": 0,
-    "jitter_max_images": None,  # when jitter is on, every image of the subpopulation
+    # when jitter is on, every image of the subpopulation (capped far above any unit's size)
+    "jitter_max_images": 100_000,
 })
 """What the nightly flow runs on a subpopulation inside its scope (``editors/scoped.py``)."""
 
