@@ -18,10 +18,12 @@ import torch
 
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
-from . import finetune, full_ft, localized, lora, random_mask  # noqa: F401 - registration
+from . import (finetune, full_ft, grace, localized, lora,  # noqa: F401 - registration
+               random_mask)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
+from .grace import GraceEditor
 from .localized import LocalizedEditor
 from .lora import LoRAEditor
 from .masked import MaskedEditor
@@ -100,7 +102,7 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
 
 __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_SCOPED",
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
-           "FTL2Editor", "FullFinetuneEditor", "LoRAEditor", "LocalizedEditor", "MaskedEditor",
+           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "LoRAEditor", "LocalizedEditor", "MaskedEditor",
            "OptimConfig", "RandomMaskEditor", "WindowFinetuneEditor", "create_editor",
            "default_optim", "editor_options", "list_editors", "register_editor",
            "takes_preserved"]
