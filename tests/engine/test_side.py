@@ -21,7 +21,7 @@ from vitedit_ops.sites import edit_window
 
 from .conftest import tiny_vit
 
-SIDE_EDITORS = ["grace"]
+SIDE_EDITORS = ["grace", "t_patcher"]
 
 
 def _images(count: int, offset: float, seed: int, size: int = 16) -> torch.Tensor:

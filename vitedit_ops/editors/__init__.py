@@ -19,7 +19,7 @@ import torch
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
 from . import (finetune, full_ft, grace, localized, lora,  # noqa: F401 - registration
-               random_mask)
+               random_mask, t_patcher)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
@@ -30,6 +30,7 @@ from .masked import MaskedEditor
 from .random_mask import RandomMaskEditor
 from .recipe import PAPER, PRODUCT, PRODUCT_SCOPED, EditRecipe
 from .scoped import ScopedEditor
+from .t_patcher import TPatcherEditor
 
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
 _GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "name")
@@ -102,7 +103,9 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
 
 __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_SCOPED",
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
-           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "LoRAEditor", "LocalizedEditor", "MaskedEditor",
-           "OptimConfig", "RandomMaskEditor", "WindowFinetuneEditor", "create_editor",
+           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "LoRAEditor", "LocalizedEditor",
+           "MaskedEditor",
+           "OptimConfig", "RandomMaskEditor", "TPatcherEditor", "WindowFinetuneEditor",
+           "create_editor",
            "default_optim", "editor_options", "list_editors", "register_editor",
            "takes_preserved"]
