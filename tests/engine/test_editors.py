@@ -12,7 +12,7 @@ from vitedit_ops.sites import edit_window
 from .conftest import tiny_swin, tiny_vit
 
 
-BASELINES = ["grace", "t_patcher"]  # the paper's other baselines, on the same footing
+BASELINES = ["grace", "t_patcher", "rome", "kn"]  # the paper's other baselines, on the same footing
 
 
 def _pool(model, count: int = 24) -> torch.Tensor:

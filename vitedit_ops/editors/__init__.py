@@ -18,16 +18,18 @@ import torch
 
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
-from . import (finetune, full_ft, grace, localized, lora,  # noqa: F401 - registration
-               random_mask, t_patcher)
+from . import (finetune, full_ft, grace, kn, localized,  # noqa: F401 - registration
+               lora, random_mask, rome, t_patcher)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
 from .grace import GraceEditor
+from .kn import KnowledgeNeuronsEditor
 from .localized import LocalizedEditor
 from .lora import LoRAEditor
 from .masked import MaskedEditor
 from .random_mask import RandomMaskEditor
+from .rome import RomeEditor
 from .recipe import PAPER, PRODUCT, PRODUCT_SCOPED, EditRecipe
 from .scoped import ScopedEditor
 from .t_patcher import TPatcherEditor
@@ -103,9 +105,8 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
 
 __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_SCOPED",
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
-           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "LoRAEditor", "LocalizedEditor",
-           "MaskedEditor",
-           "OptimConfig", "RandomMaskEditor", "TPatcherEditor", "WindowFinetuneEditor",
-           "create_editor",
+           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KnowledgeNeuronsEditor",
+           "LoRAEditor", "LocalizedEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
+           "RomeEditor", "TPatcherEditor", "WindowFinetuneEditor", "create_editor",
            "default_optim", "editor_options", "list_editors", "register_editor",
            "takes_preserved"]

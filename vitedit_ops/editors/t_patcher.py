@@ -4,14 +4,16 @@ Each edit adds ``neurons`` hidden units beside the last window block's FFN: a ke
 (the new units' ``fc1`` rows) and a value (their ``fc2`` columns), applied at every token with
 the FFN's own activation, ``mlp(x) + act(x k + b) v``. They are trained to fire only on the
 edit images: besides the cross-entropy to the true label, an activation loss pushes the
-units' pre-activation on the edit images above ``margin``, read at the token the classifier
-reads (a ViT's class token; the mean over tokens for average-pooled models such as Swin: the
-counterpart of the LLM's last token in the paper, and the only token whose change reaches
-the logits when the window ends at the last block), and the
-memory loss keeps it below ``silent_below`` on every token of the preserved pool and below the
-edit images' by ``margin`` (the paper's two memory terms). ``silent_below`` defaults to -3,
-where GELU is within 0.004 of zero: a unit below 0 is not silent under GELU (-0.17 at -1). Keys start on the direction that
-separates the edit images from the pool, values at zero, so the edit starts at the base model.
+units' pre-activation on the edit images above ``margin``, and the memory loss keeps it
+below ``silent_below`` on every token of the preserved pool and below the edit images' by
+``margin`` (the paper's two memory terms). ``silent_below`` defaults to -3, where GELU is
+within 0.004 of zero (at -1 it is still -0.16: below zero is not silent under GELU).
+
+The edit images' activation is read at the token the classifier reads: a ViT's class token,
+the mean over tokens for average-pooled models such as Swin. It is the counterpart of the
+paper's last token, and when the window ends at the last block the only token whose change
+reaches the logits. Keys start on the direction that separates the edit images from the
+pool, values at zero, so the edit starts at the base model.
 
 The neurons are a side module (``side``): each edit's patch holds the neuron set before and
 after, revert is exact, and patches stack night after night.
