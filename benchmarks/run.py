@@ -166,7 +166,8 @@ def product_defaults() -> dict[str, Any]:
 
 
 SEQUENTIAL_FAMILIES = (PRODUCT, PAPER, "random mask", "random mask + product options",
-                       "localized, previous default", "window FT", "FT-L2", "LoRA")
+                       "localized, previous default", "window FT", "FT-L2", "LoRA", "KN", "ROME",
+                       "T-Patcher", "GRACE")
 
 
 def _sequential(model, setting, comparisons, config: BenchConfig, extra, log, selected

@@ -208,7 +208,7 @@ class GraceEditor(Editor):
 
     window: tuple[int, int] | None = None
     site: int = -1  # position in the window
-    epsilon: float = 0.1  # initial deferral radius, relative to the key's norm
+    epsilon: float = 0.5  # initial deferral radius, relative to the key's norm
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
     name: str = "grace"
 
