@@ -125,6 +125,7 @@ FAMILIES = (
     # reference model an error group's other images sit at 0.5-1.3 of it, clean ones >= 0.3)
     Family("KN", "kn", "keep_fraction", KEEPS),
     Family("ROME", "rome", "site", (0, 1, 2), LOCATE_LRS),
+    Family("ROME+LoRA", "rome_lora", "rank", (2, 8)),
     Family("T-Patcher", "t_patcher", "neurons", (1, 4), SIDE_LRS),
     Family("GRACE", "grace", "epsilon", (0.3, 0.6, 0.9), SIDE_LRS),
 )

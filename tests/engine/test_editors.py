@@ -12,7 +12,8 @@ from vitedit_ops.sites import edit_window
 from .conftest import tiny_swin, tiny_vit
 
 
-BASELINES = ["grace", "t_patcher", "rome", "kn"]  # the paper's other baselines, on the same footing
+# the paper's other baselines, on the same footing
+BASELINES = ["grace", "t_patcher", "rome", "rome_lora", "kn"]
 
 
 def _pool(model, count: int = 24) -> torch.Tensor:
@@ -46,7 +47,8 @@ def test_every_editor_leaves_the_model_untouched_and_returns_a_revertible_patch(
     assert fingerprint(vit) == base
 
 
-@pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora"])
+@pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora", "kn",
+                                  "rome", "rome_lora"])
 def test_window_editors_touch_only_the_window_ffns(name, vit, batch):
     result = _editor(name, vit).edit(vit, *batch)
     window = edit_window(vit)

@@ -19,7 +19,7 @@ import torch
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
 from . import (finetune, full_ft, grace, kn, localized,  # noqa: F401 - registration
-               lora, random_mask, rome, t_patcher)
+               lora, random_mask, rome, rome_lora, t_patcher)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
@@ -30,6 +30,7 @@ from .lora import LoRAEditor
 from .masked import MaskedEditor
 from .random_mask import RandomMaskEditor
 from .rome import RomeEditor
+from .rome_lora import RomeLoRAEditor
 from .recipe import PAPER, PRODUCT, PRODUCT_SCOPED, EditRecipe
 from .scoped import ScopedEditor
 from .t_patcher import TPatcherEditor
@@ -107,6 +108,6 @@ __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_S
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
            "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KnowledgeNeuronsEditor",
            "LoRAEditor", "LocalizedEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
-           "RomeEditor", "TPatcherEditor", "WindowFinetuneEditor", "create_editor",
-           "default_optim", "editor_options", "list_editors", "register_editor",
+           "RomeEditor", "RomeLoRAEditor", "TPatcherEditor", "WindowFinetuneEditor",
+           "create_editor", "default_optim", "editor_options", "list_editors", "register_editor",
            "takes_preserved"]
