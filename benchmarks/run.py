@@ -28,8 +28,8 @@ from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference
 
-from .cost import (flops_per_iteration, iteration_time_ratio, metatrain_speedup,
-                   peak_memory_ratio, vit_b16_flops)
+from .cost import (edit_flops_ratios, flops_per_iteration, iteration_time_ratio,
+                   metatrain_speedup, peak_memory_ratio, vit_b16_edit_flops, vit_b16_flops)
 from .frontier import matched_comparison, point_means
 from .grid import MethodPoint, run_grid
 from .journal import JOURNAL, RowJournal, job_key
@@ -166,7 +166,8 @@ def product_defaults() -> dict[str, Any]:
 
 
 SEQUENTIAL_FAMILIES = (PRODUCT, PAPER, "random mask", "random mask + product options",
-                       "localized, previous default", "window FT", "FT-L2", "LoRA")
+                       "localized, previous default", "window FT", "FT-L2", "LoRA", "KN", "ROME",
+                       "ROME+LoRA", "T-Patcher", "GRACE")
 
 
 def _sequential(model, setting, comparisons, config: BenchConfig, extra, log, selected
@@ -219,11 +220,15 @@ def _cost(reference: Reference, hypernet: MaskHypernet, quick: bool) -> dict[str
                                                       steps=10 if quick else 30,
                                                       repeats=1 if quick else 3),
         "reference_flops": flops_per_iteration(model, images[:1], labels[:1]),
+        "reference_edit_flops": edit_flops_ratios(
+            model, images[:1], labels[:1], pre.normalize(reference.data.preserved.pixels),
+            hypernet),
         "metatrain": metatrain_speedup(model, pre.normalize(reference.data.train.pixels),
                                        iterations=1 if quick else 4),
     }
     if not quick:
         cost["vit_b16_flops"] = vit_b16_flops()
+        cost["vit_b16_edit_flops"] = vit_b16_edit_flops()
         cost["peak_memory"] = peak_memory_ratio()
         cost["peak_memory_reference"] = peak_memory_ratio("vit_tiny_patch16_224", batch=64)
     return cost

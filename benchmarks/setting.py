@@ -97,6 +97,10 @@ PREVIOUS_DEFAULT = (("null_space_energy", 0.0), ("jitter_copies", 0), ("replay_w
 # a null-space edit moves only part of each gradient, so its useful rates sit higher
 NULL_SPACE_LRS = (1e-3, 3e-3, 6e-3, 1e-2)
 REPLAY_LRS = (3e-4, 1e-3, 3e-3)
+# a rank-one value and added parameters start from nothing: their useful rates sit higher
+# (ROME at 1e-2 fixed a third of the quick run's single edits within its 20 steps)
+LOCATE_LRS = (1e-2, 3e-2, 1e-1)
+SIDE_LRS = (3e-3, 1e-2, 3e-2, 1e-1)
 PRODUCT_FAMILY = Family("localized (product)", PRODUCT.method, "",
                         lrs=(PRODUCT.get("lr"),),
                         options=tuple((k, v) for k, v in PRODUCT.options.items() if k != "lr"))
@@ -118,6 +122,13 @@ FAMILIES = (
     Family("FT-L2", "ft_l2", "strength", (1e-2, 1e-1)),
     Family("LoRA", "lora", "rank", (2, 8)),
     Family("full FT", "full_ft", "", lrs=(1e-5, 3e-5, 1e-4)),
+    # the paper's other baselines; GRACE's radius is relative to the key's norm (on the
+    # reference model an error group's other images sit at 0.5-1.3 of it, clean ones >= 0.3)
+    Family("KN", "kn", "keep_fraction", KEEPS),
+    Family("ROME", "rome", "site", (0, 1, 2), LOCATE_LRS),
+    Family("ROME+LoRA", "rome_lora", "rank", (2, 8)),
+    Family("T-Patcher", "t_patcher", "neurons", (1, 4), SIDE_LRS),
+    Family("GRACE", "grace", "epsilon", (0.3, 0.6, 0.9), SIDE_LRS),
 )
 
 

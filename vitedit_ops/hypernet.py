@@ -100,12 +100,14 @@ class MaskHypernet(nn.Module):
         return window
 
     def check_base(self, model: nn.Module) -> Lineage:
-        """Refuse models that are neither the base nor a descendant of it (scoped patches,
-        which change no weight, make a descendant too)."""
+        """Refuse models that are neither the base nor a descendant of it (scoped patches
+        and side modules, which change no weight, make a descendant too)."""
         from .scoped import STACK
+        from .side import side_prefixes
 
         full = model.state_dict()
-        state = {k: v for k, v in full.items() if not k.startswith(f"{STACK}.")}
+        added = (f"{STACK}.",) + side_prefixes()
+        state = {k: v for k, v in full.items() if not k.startswith(added)}
         scoped = len(state) != len(full)
         current = tensor_fingerprints(state)
         if fingerprint_state(state) == self.config.base_fingerprint and not scoped:
@@ -122,7 +124,8 @@ class MaskHypernet(nn.Module):
                 f"hypernetwork was meta-trained for base model {self.config.base_fingerprint[:12]};"
                 f" this model differs in {len(foreign)} non-FFN tensors (e.g. {foreign[0]}), "
                 "so it is not a descendant of that base")
-        return Lineage("descendant", changed + ((STACK,) if scoped else ()))
+        modules = tuple(sorted({k.split(".")[0] for k in set(full) - set(state)}))
+        return Lineage("descendant", changed + modules)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

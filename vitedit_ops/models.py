@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
 
-from . import scoped
+from . import scoped, side
 from .errors import CheckpointError
 
 SPEC_SUFFIX = ".json"
@@ -162,7 +162,9 @@ def load_model(checkpoint: str | Path, spec: ModelSpec | str | Path | None = Non
             num_classes = _infer_num_classes(state)
         spec = ModelSpec.for_timm_model(architecture, num_classes=num_classes, **model_kwargs)
     model = spec.build()
-    scoped.prepare(model, scoped.saved_metadata(checkpoint))  # scoped patches saved with it
+    metadata = scoped.saved_metadata(checkpoint)
+    scoped.prepare(model, metadata)  # scoped patches saved with it
+    side.prepare(model, metadata)  # side modules (GRACE codebook, T-Patcher neurons)
     _load_strict(model, state, checkpoint, allow_nonfinite)
     model.eval()
     return model, spec
@@ -207,7 +209,7 @@ def save_model(model: nn.Module, spec: ModelSpec, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"fingerprint": fingerprint_state(state), **scoped.layout_metadata(model),
-            **(metadata or {})}
+            **side.layout_metadata(model), **(metadata or {})}
     save_file(state, str(path), metadata=meta)
     path.with_suffix(SPEC_SUFFIX).write_text(spec.to_json())
     return path

@@ -18,7 +18,8 @@ from benchmarks.run import PAPER, PRODUCT, THRESHOLDS, BenchConfig, run_benchmar
 
 FAMILIES = {PRODUCT, PAPER, "localized (product, lr swept)", "random mask",
             "random mask + product options", "localized, previous default", "window FT", "FT-L1",
-            "FT-L2", "LoRA", "full FT"}
+            "FT-L2", "LoRA", "full FT", "KN", "ROME", "ROME+LoRA",
+            "T-Patcher", "GRACE"}
 ABLATIONS = {"localized (product, lr swept)", "random mask + product options",
              "localized, previous default"}
 SMALL = {"quick": True, "cases": 4, "sequential_edits": 2, "include_components": False}

@@ -19,7 +19,8 @@ def hypernet(vit):
 
 def test_every_builtin_editor_is_registered_at_its_definition():
     assert set(list_editors()) >= {"localized", "random_mask", "window_ft", "ft_l1", "ft_l2",
-                                   "lora", "full_ft"}
+                                   "lora", "full_ft", "grace", "t_patcher", "rome",
+                                   "rome_lora", "kn"}
     with pytest.raises(InvalidInputError, match="unknown editor 'nope'.*localized"):
         create_editor("nope")
 

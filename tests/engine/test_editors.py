@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitedit_ops.editors import create_editor, list_editors
+from vitedit_ops.editors import create_editor, list_editors, takes_preserved
 from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
 from vitedit_ops.hypernet import MaskHypernet, new_hypernet
 from vitedit_ops.models import fingerprint
@@ -12,10 +12,22 @@ from vitedit_ops.sites import edit_window
 from .conftest import tiny_swin, tiny_vit
 
 
+# the paper's other baselines, on the same footing
+BASELINES = ["grace", "t_patcher", "rome", "rome_lora", "kn"]
+
+
+def _pool(model, count: int = 24) -> torch.Tensor:
+    """Images whose predictions must hold, shaped for ``model``."""
+    size = 32 if "swin" in type(model).__name__.lower() else 16
+    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(7))
+
+
 def _editor(name, model, **kw):
     if name == "localized":
         kw["hypernet"] = new_hypernet(model, edit_window(model))
-    return create_editor(name, lr=1e-2, max_steps=30, **kw)
+    if takes_preserved(name) and "preserved" not in kw:
+        kw["preserved"] = _pool(model)
+    return create_editor(name, **{"lr": 1e-2, "max_steps": 30, **kw})
 
 
 @pytest.mark.parametrize("name", list_editors())
@@ -35,7 +47,8 @@ def test_every_editor_leaves_the_model_untouched_and_returns_a_revertible_patch(
     assert fingerprint(vit) == base
 
 
-@pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora"])
+@pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora", "kn",
+                                  "rome", "rome_lora"])
 def test_window_editors_touch_only_the_window_ffns(name, vit, batch):
     result = _editor(name, vit).edit(vit, *batch)
     window = edit_window(vit)
@@ -62,6 +75,21 @@ def test_localized_editor_on_swin(batch):
     assert set(result.patch.params) <= set(edit_window(swin).weight_names)
 
 
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_edits_a_swin_and_reverts_exactly(name):
+    swin = tiny_swin()  # hierarchical: the window spans two stages of different FFN widths
+    assert len({s.hidden for s in edit_window(swin).sites}) > 1
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([1, 3])
+    base = fingerprint(swin)
+    result = _editor(name, swin, max_steps=60).edit(swin, images, labels)
+    assert fingerprint(swin) == base and result.steps <= 60
+    result.patch.apply(swin)
+    assert torch.equal(swin(images).argmax(-1), result.predictions_after)
+    result.patch.revert(swin)
+    assert fingerprint(swin) == base
+
+
 def test_localized_editor_refuses_a_hypernetwork_of_another_base(vit, batch):
     other = tiny_vit(seed=9)
     editor = create_editor("localized", hypernet=new_hypernet(other, edit_window(other)))
@@ -82,16 +110,18 @@ def test_localized_editor_accepts_a_descendant_of_its_base(vit, batch):
 
 @pytest.mark.parametrize("labels,match", [(torch.tensor([0, 1, 9]), "out of range"),
                                           (torch.tensor([0, 1]), "labels")])
-def test_bad_edit_input_is_named(vit, batch, labels, match):
+@pytest.mark.parametrize("name", ["window_ft"] + BASELINES)
+def test_bad_edit_input_is_named(name, vit, batch, labels, match):
     with pytest.raises(InvalidInputError, match=match):
-        create_editor("window_ft").edit(vit, batch[0], labels)
+        _editor(name, vit).edit(vit, batch[0], labels)
 
 
-def test_nan_weights_are_refused(vit, batch):
+@pytest.mark.parametrize("name", ["window_ft"] + BASELINES)
+def test_nan_weights_are_refused(name, vit, batch):
     with torch.no_grad():
         vit.blocks[0].attn.qkv.weight[0, 0] = float("nan")
     with pytest.raises(InvalidInputError, match="NaN"):
-        create_editor("window_ft").edit(vit, *batch)
+        _editor(name, vit).edit(vit, *batch)
 
 
 def test_hypernet_save_load_roundtrip_and_any_window(tmp_path, vit):

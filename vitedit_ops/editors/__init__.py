@@ -18,16 +18,22 @@ import torch
 
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
-from . import finetune, full_ft, localized, lora, random_mask  # noqa: F401 - registration
+from . import (finetune, full_ft, grace, kn, localized,  # noqa: F401 - registration
+               lora, random_mask, rome, rome_lora, t_patcher)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
+from .grace import GraceEditor
+from .kn import KnowledgeNeuronsEditor
 from .localized import LocalizedEditor
 from .lora import LoRAEditor
 from .masked import MaskedEditor
 from .random_mask import RandomMaskEditor
+from .rome import RomeEditor
+from .rome_lora import RomeLoRAEditor
 from .recipe import PAPER, PRODUCT, PRODUCT_SCOPED, EditRecipe
 from .scoped import ScopedEditor
+from .t_patcher import TPatcherEditor
 
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
 _GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "name")
@@ -100,7 +106,8 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
 
 __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_SCOPED",
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
-           "FTL2Editor", "FullFinetuneEditor", "LoRAEditor", "LocalizedEditor", "MaskedEditor",
-           "OptimConfig", "RandomMaskEditor", "WindowFinetuneEditor", "create_editor",
-           "default_optim", "editor_options", "list_editors", "register_editor",
+           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KnowledgeNeuronsEditor",
+           "LoRAEditor", "LocalizedEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
+           "RomeEditor", "RomeLoRAEditor", "TPatcherEditor", "WindowFinetuneEditor",
+           "create_editor", "default_optim", "editor_options", "list_editors", "register_editor",
            "takes_preserved"]

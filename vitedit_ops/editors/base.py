@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,15 @@ def frozen(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+class SideTraining(nn.Module):
+    """A side module while an edit fits it: its trainable parameters and its hooks."""
+
+    def hooked(self, model: nn.Module) -> AbstractContextManager[None]:
+        """While active, ``model`` runs with this candidate instead of its installed side
+        module of the same kind."""
+        raise NotImplementedError
+
+
 @dataclass
 class Replay:
     """Images whose predictions the edit should keep: a KL(original || edited) term."""
@@ -171,12 +180,16 @@ def optimize_window(model: nn.Module, window: EditWindow, deltas: Sequence[Matri
                     penalty: Callable[[], torch.Tensor] | None = None,
                     replay: Replay | None = None,
                     augmented: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    side: SideTraining | None = None,
                     ) -> tuple[int, list[float], torch.Tensor]:
-    """Fine-tune only ``deltas`` until every edit image is right and CE <= target.
+    """Fine-tune only ``deltas`` (and ``side``'s parameters) until every edit image is right
+    and CE <= target.
 
     The blocks before the window run once (for the edit, augmented and replay images alike);
     each step runs only the window onward. ``augmented`` (images, labels) adds its own CE term
     to the loss but not to the stopping rule, which stays the same for every method.
+    ``side`` is a side module being fitted (GRACE's codebook, T-Patcher's neurons): its hooks
+    are active while the loop runs.
     Returns (optimizer steps taken, CE of the edit images per step, their predictions).
     """
     split = SplitForward(model, window.sites[0].block_path)
@@ -194,10 +207,12 @@ def optimize_window(model: nn.Module, window: EditWindow, deltas: Sequence[Matri
             original = F.log_softmax(split.suffix(replay_hidden), dim=-1)
         hidden = torch.cat([hidden, replay_hidden])
     params = [p for d in deltas for p in d.parameters()]
+    params += list(side.parameters()) if side is not None else []
     optimizer = make_optimizer(config.optimizer, params, config.lr)
     history: list[float] = []
     steps = 0
-    with hooked(model, window, deltas):
+    with hooked(model, window, deltas), (side.hooked(model) if side is not None
+                                         else nullcontext()):
         while True:
             all_logits = split.suffix(hidden)
             logits = all_logits[:count]

@@ -37,8 +37,8 @@ class LocalizedEditor(MaskedEditor):
         return {"lineage": self.hypernet.check_base(model).relation}
 
     @torch.no_grad()
-    def unit_scores(self, model: nn.Module, images: torch.Tensor, window: EditWindow
-                    ) -> list[torch.Tensor]:
+    def unit_scores(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    window: EditWindow) -> list[torch.Tensor]:
         """Soft masks per matrix, averaged over the edit images."""
         self.hypernet.to(images.device).eval()
         with frozen(model):

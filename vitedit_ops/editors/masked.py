@@ -42,8 +42,8 @@ class MaskedEditor(Editor):
         """The window this editor changes in ``model``."""
         raise NotImplementedError
 
-    def unit_scores(self, model: nn.Module, images: torch.Tensor, window: EditWindow
-                    ) -> list[torch.Tensor]:
+    def unit_scores(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    window: EditWindow) -> list[torch.Tensor]:
         """One score per hidden unit and edited matrix; the highest are edited."""
         raise NotImplementedError
 
@@ -55,7 +55,7 @@ class MaskedEditor(Editor):
         images, labels = validate_edit_inputs(model, images, labels)
         window = self.edit_window(model)
         extra = self.describe(model)
-        scores = self.unit_scores(model, images, window)
+        scores = self.unit_scores(model, images, labels, window)
         units = select_top_units(scores, self.keep_fraction)
         with frozen(model), torch.no_grad():
             before = model(images).argmax(-1)

@@ -32,8 +32,8 @@ class RandomMaskEditor(MaskedEditor):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         return {"seed": self.seed}
 
-    def unit_scores(self, model: nn.Module, images: torch.Tensor, window: EditWindow
-                    ) -> list[torch.Tensor]:
+    def unit_scores(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    window: EditWindow) -> list[torch.Tensor]:
         # seeded per edit batch: reproducible, yet different edits get different masks
         digest = hashlib.sha256(images.detach().cpu().numpy().tobytes()).digest()
         generator = torch.Generator().manual_seed(self.seed ^ int.from_bytes(digest[:6], "big"))

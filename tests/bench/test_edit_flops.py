@@ -1,0 +1,21 @@
+"""Whole-edit FLOPs per baseline, as a ratio to full fine-tuning's, counted by torch."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.cost import edit_flops_ratios
+from tests.engine.conftest import tiny_vit
+
+
+def test_whole_edit_flops_count_each_methods_set_up():
+    model = tiny_vit()
+    generator = torch.Generator().manual_seed(0)
+    images, pool = torch.randn(1, 3, 16, 16, generator=generator), \
+        torch.randn(8, 3, 16, 16, generator=generator)
+    ratios = edit_flops_ratios(model, images, torch.tensor([1]), pool, steps=3,
+                               methods=("random_mask", "kn", "grace"))
+    assert ratios["full_ft_gflops"] > 0 and ratios["steps"] == 3
+    # KN is the masked editor plus its attribution: it costs more than a random mask
+    assert ratios["kn_ratio"] > ratios["random_mask_ratio"] > 0
+    assert 0 < ratios["grace_ratio"] < 1  # one layer's values, from the window's last block

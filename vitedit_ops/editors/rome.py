@@ -1,0 +1,112 @@
+"""ROME (Meng et al., NeurIPS 2022): a rank-one update of one window FFN's ``fc2``.
+
+ROME treats ``fc2`` as a key-value memory: the key is ``fc2``'s input (the ``fc1``
+activation), the value its output. The update ``W += lam u^T`` with ``u = C^-1 k* /
+(k*^T C^-1 k*)`` writes the value ``W k* + lam`` for the key ``k*`` and disturbs other keys
+as little as the key covariance ``C`` allows; ``lam`` (the value, less what ``W`` already
+gives) is optimised so that the edit images get their true class, with the update in place.
+
+The key ``k*`` is the ``fc1`` activation averaged over the patch tokens of the edit images
+(and over the images of a group edit, one fact per edit). ROME reads the subject's last
+token; an image has no such token: the class token at a window block has only begun to
+gather the image and Swin has none, while the shifted content that makes the error lives
+in the patch tokens, and their mean is what the images of an error group share. The update
+then acts on every token in proportion to its alignment with ``u``.
+
+``C`` is the second moment of the ``fc1`` activations of every token of the preserved pool
+(plus ``ridge`` times its mean diagonal), never of the gate's suite: the images the change
+must leave alone decide which directions it may use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..delta import MatrixDelta
+from ..errors import InvalidInputError
+from ..scope import prefix_tokens
+from ..sites import EditWindow, FFNSite, edit_window
+from .base import (Editor, EditResult, OptimConfig, frozen, register_editor,
+                   validate_edit_inputs, window_edit)
+from .grace import pick_site, token_mean
+
+COVARIANCE_IMAGES = 256  # preserved images whose tokens estimate the key covariance
+
+
+class RankOneDelta(MatrixDelta):
+    """``fc2 += lam u^T``: ``u`` fixed by the key and the covariance, ``lam`` trained."""
+
+    def __init__(self, site: FFNSite, direction: torch.Tensor) -> None:
+        super().__init__()
+        self.weight_name, self.which = site.fc2_weight, "fc2"
+        self.register_buffer("direction", direction.detach().float())
+        self.value = nn.Parameter(torch.zeros(site.in_features))
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out + (x @ self.direction)[..., None] * self.value
+
+    def dense(self) -> torch.Tensor:
+        return self.value[:, None] * self.direction[None]
+
+
+@torch.no_grad()
+def fc2_inputs(model: nn.Module, site: FFNSite, images: torch.Tensor, batch_size: int = 128
+               ) -> torch.Tensor:
+    """``fc2``'s input (the ``fc1`` activation) for every token: (N, ..., tokens, hidden)."""
+    captured: list[torch.Tensor] = []
+    handle = site.fc2(model).register_forward_hook(
+        lambda _m, args, _out: captured.append(args[0]))
+    try:
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size])
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+def rome_direction(key: torch.Tensor, pool_keys: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``u = C^-1 k / (k^T C^-1 k)`` (so ``u . k = 1``), ``C`` the pool keys' second moment."""
+    keys = pool_keys.double()
+    second = keys.T @ keys / len(keys)
+    second += ridge * second.diagonal().mean() * torch.eye(len(second), dtype=keys.dtype,
+                                                            device=keys.device)
+    solved = torch.linalg.solve(second, key.double())
+    return (solved / (solved @ key.double())).float()
+
+
+@register_editor("rome")
+@dataclass(kw_only=True)
+class RomeEditor(Editor):
+    """ROME's rank-one ``fc2`` update at window block ``site`` (default: the window's middle).
+
+    Needs a preserved pool for the key covariance.
+    """
+
+    window: tuple[int, int] | None = None
+    site: int | None = None  # position in the window; None: its middle block
+    ridge: float = 1e-2
+    preserved: torch.Tensor | None = None
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
+    name: str = "rome"
+
+    def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
+        images, labels = validate_edit_inputs(model, images, labels)
+        if self.preserved is None or len(self.preserved) == 0:
+            raise InvalidInputError("ROME needs a preserved pool for its key covariance")
+        if not self.ridge >= 0:
+            raise InvalidInputError(f"ROME's ridge must be >= 0, got {self.ridge}")
+        window = edit_window(model, *(self.window or (None, None)))
+        position = len(window.sites) // 2 if self.site is None else self.site
+        site = pick_site(window, position)
+        prefix = prefix_tokens(model)
+        with frozen(model):
+            key = token_mean(fc2_inputs(model, site, images), prefix).mean(0)
+            pool = self.preserved[:COVARIANCE_IMAGES].to(images.device)
+            pool_keys = fc2_inputs(model, site, pool).flatten(0, -2)
+            delta = RankOneDelta(site, rome_direction(key, pool_keys, self.ridge))
+        return window_edit(self.name, model, EditWindow((site,)), [delta], images, labels,
+                           self.optim, settings={"ridge": self.ridge, "site": site.index,
+                                                 "covariance_tokens": len(pool_keys)})
