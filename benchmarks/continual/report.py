@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"{s['earlier_fixes']} | {s['groups_collected']} / {s['groups_edited']} / "
             f"{s['groups_applied']} | {s['norm_growth_max']:.2f} | "
             f"{s['night_seconds_mean']:.0f} / {s['night_seconds_max']:.0f} |")
+    lines += ["", "Variants (settings on top of the nightly flow's defaults):", ""]
+    for name, variant in results["variants"].items():
+        changes = {**variant["edit"], **({"gate": variant["gate"]} if variant["gate"] else {})}
+        lines.append(f"- **{name}**: {variant['note'] or '-'}"
+                     + (f" (`{json.dumps(changes)}`)" if changes else ""))
     lines += _against_peers(results["summary"])
     lines += ["", "Goals: " + "; ".join(f"{k} {v}" for k, v in GOALS.items()) + ".", "",
               "![errors per shift over the nights](img/continual-errors.png)", ""]
