@@ -1,0 +1,135 @@
+"""``vitedit-ops serve`` as a client sees it: a real server process on loopback serving a
+lineage registered on a real ``mlflow server``, its monitoring store on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+import requests
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from ..helpers.servers import wait_for
+from .conftest import CLASS_NAMES, hammer, photo, png, store_predictions
+
+pytestmark = [pytest.mark.server("mlflow"), pytest.mark.slow]
+
+
+def torch_probabilities(lineage, version: str, image: bytes) -> torch.Tensor:
+    """What the torch model of ``version`` says, with timm's own transform of its spec."""
+    transform = create_transform(**resolve_data_config(lineage.spec.data_config))
+    with torch.no_grad():
+        inputs = transform(Image.open(io.BytesIO(image)).convert("RGB"))[None]
+        return lineage.models[version](inputs).softmax(-1)[0]
+
+
+@pytest.fixture(scope="module")
+def lineage(registered):
+    return registered("serve-predict")
+
+
+@pytest.fixture
+def server(serve, lineage):
+    return serve(lineage, "--batch-window-ms", "40", "--max-batch", "16")
+
+
+def test_ready_only_with_the_verified_champion(server):
+    ready = requests.get(server.url + "/readyz", timeout=30).json()
+    assert ready["ready"] is True and ready["version"] == "1"
+    assert ready["provider"] == "CPUExecutionProvider"
+    assert requests.get(server.url + "/healthz", timeout=30).json() == {"status": "ok"}
+
+
+def test_one_raw_image_is_answered_with_labels_and_the_torch_models_probabilities(
+        server, lineage):
+    image = photo(96, 64, seed=1)  # not at the input size: resized and center-cropped
+    response = server.predict(("raw", image))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"]) == (lineage.name, "1")
+    [answer] = body["predictions"]
+    expected = torch_probabilities(lineage, "1", image)
+    assert len(answer["top_k"]) == 3
+    for entry in answer["top_k"]:
+        assert entry["label"] == CLASS_NAMES[entry["class"]]
+        assert entry["probability"] == pytest.approx(float(expected[entry["class"]]), abs=1e-5)
+    assert answer["predicted_class"] == int(expected.argmax())
+    assert answer["logged"] is True
+
+
+def test_several_images_with_a_corrupt_one_answer_the_others(server, lineage):
+    images = [("a.png", png(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2)))),
+              ("broken.png", b"\x89PNG\r\n\x1a\n not really"),
+              ("c.png", photo(40, 50, seed=3))]
+    response = server.predict(*images)
+    assert response.status_code == 200, response.text
+    a, broken, c = response.json()["predictions"]
+    assert "not a readable image" in broken["error"] and "prediction_id" not in broken
+    for answer, (_, data) in ((a, images[0]), (c, images[2])):
+        expected = torch_probabilities(lineage, "1", data)
+        assert answer["predicted_class"] == int(expected.argmax())
+        assert answer["top_k"][0]["probability"] == pytest.approx(float(expected.max()),
+                                                                  abs=1e-5)
+    only_broken = server.predict(("raw", b"GIF89a broken"))
+    assert only_broken.status_code == 422
+    assert "error" in only_broken.json()["predictions"][0]
+    assert server.predict(("raw", b"")).status_code == 400
+
+
+def test_concurrent_clients_are_batched_and_every_prediction_is_stored_once(server):
+    """16 clients x 12 requests of 2 images each: onnxruntime calls of more than one request
+    show in the batch-size histogram, and every answered image is in the store exactly once,
+    with its image bytes."""
+    def images(client: int, request: int) -> list[tuple[str, bytes]]:
+        return [(f"{client}-{request}-{i}.png", photo(32, 32, seed=1000 * client + 10 * request
+                                                        + i)) for i in range(2)]
+    responses = hammer(server, clients=16, requests_each=12, images=images)
+    assert all(r.status_code == 200 for r in responses)
+    answers = [a for r in responses for a in r.json()["predictions"]]
+    ids = [a["prediction_id"] for a in answers]
+    assert len(ids) == len(set(ids)) == 16 * 12 * 2
+
+    batches = server.metric("vitedit_serve_batch_size_count")
+    assert server.metric("vitedit_serve_batch_size_sum") == len(ids)
+    assert server.metric("vitedit_serve_batch_size_bucket", le="2.0") < batches  # > 1 request
+
+    def all_stored():
+        stored = store_predictions(server.root)
+        return stored if set(ids) <= set(stored) else None
+    stored = wait_for(all_stored, 120, "every prediction in the monitoring store", 0.5)
+    sent = {f"{c}-{r}-{i}.png": hashlib.sha256(photo(32, 32, seed=1000 * c + 10 * r + i))
+            .hexdigest() for c in range(16) for r in range(12) for i in range(2)}
+    names = {a["prediction_id"]: a["name"] for a in answers}
+    assert {pid: stored[pid] for pid in ids} == {pid: ("1", sent[names[pid]]) for pid in ids}
+    assert server.metric("vitedit_serve_logger_records_total", outcome="dropped") == 0
+    assert server.metric("vitedit_serve_logger_records_total", outcome="accepted") >= len(ids)
+
+
+def test_feedback_reaches_the_store(server):
+    answer = server.predict(("raw", photo(32, 32, seed=7))).json()["predictions"][0]
+    response = requests.post(server.url + "/feedback", timeout=30, json={
+        "prediction_id": answer["prediction_id"], "true_class": 4, "source": "reviewer"})
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 1
+    refused = requests.post(server.url + "/feedback", timeout=30,
+                            json=[{"prediction_id": answer["prediction_id"], "true_class": -1}])
+    assert refused.status_code == 422 and refused.json()["quarantined"] == 1
+    assert requests.post(server.url + "/feedback", data=b"{not json", timeout=30,
+                         headers={"Content-Type": "application/json"}).status_code == 400
+
+    import sqlalchemy as sa
+
+    from monitoring import open_store
+    from monitoring.schema import Feedback
+
+    store = open_store(f"sqlite:///{server.root / 'monitoring.db'}")
+    try:
+        with store.read() as conn:
+            rows = conn.execute(sa.select(Feedback.prediction_id, Feedback.true_class,
+                                          Feedback.source)).all()
+    finally:
+        store.close()
+    assert [tuple(r) for r in rows] == [(answer["prediction_id"], 4, "reviewer")]
