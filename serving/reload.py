@@ -43,6 +43,7 @@ class ChampionSlot:
         self.threads = threads
         self.current: Champion | None = None
         self._refused: set[str] = set()
+        self._last_failure = ""
         self._task: asyncio.Task[None] | None = None
 
     def check(self) -> str:
@@ -51,8 +52,12 @@ class ChampionSlot:
         try:
             info = champions.resolve(self.name, self.tracking_uri)
         except VitEditError as exc:
-            log.error("serving %s: cannot read the champion alias: %s", self.name, exc)
+            message = f"serving {self.name}: cannot read the champion alias: {exc}"
+            if message != self._last_failure:  # once per distinct failure, not every poll
+                log.error("%s", message)
+            self._last_failure = message
             return self._outcome("failed")
+        self._last_failure = ""
         current = self.current
         if current is not None and current.version == info.version:
             return "unchanged"

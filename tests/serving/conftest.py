@@ -23,7 +23,7 @@ from vitedit_ops.export import ExportResult, export_onnx
 from vitedit_ops.models import ModelSpec, save_model
 
 from ..helpers.edits import edit_record
-from ..helpers.servers import Server, free_port
+from ..helpers.servers import Server, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -115,6 +115,13 @@ class Serve(Server):
                     return sample.value
         return 0.0
 
+    def up(self) -> bool:
+        """``/healthz`` answers (the process is up, with or without a champion)."""
+        try:
+            return requests.get(self.url + "/healthz", timeout=5).ok
+        except requests.ConnectionError:
+            return False
+
     def ready_version(self) -> str | None:
         response = requests.get(self.url + "/readyz", timeout=30)
         return response.json().get("version") if response.status_code == 200 else None
@@ -122,17 +129,18 @@ class Serve(Server):
 
 @pytest.fixture
 def serve(tmp_path) -> Iterator[Callable[..., Serve]]:
-    """Start ``vitedit-ops serve`` for a lineage (own VITEDIT_HOME and SQLite store)."""
+    """Start ``vitedit-ops serve`` for a registered model (own VITEDIT_HOME and SQLite store);
+    ``ready=False`` returns before it has a champion."""
     started: list[Serve] = []
 
-    def start(lineage: Lineage, *options: str, ready: bool = True) -> Serve:
+    def start(name: str, tracking_uri: str, *options: str, ready: bool = True) -> Serve:
         home = tmp_path / f"serve-{len(started)}"
         port = free_port()
-        env = {"VITEDIT_HOME": str(home), "VITEDIT_MLFLOW_TRACKING_URI": lineage.tracking_uri,
+        env = {"VITEDIT_HOME": str(home), "VITEDIT_MLFLOW_TRACKING_URI": tracking_uri,
                "VITEDIT_SERVE_POLL_INTERVAL": "0.5", "PYTHONPATH": str(ROOT),
                "MLFLOW_DISABLE_TELEMETRY": "true"}
         home.mkdir()
-        server = Serve([sys.executable, "-c", SERVE, "--model", lineage.name, "--port",
+        server = Serve([sys.executable, "-c", SERVE, "--model", name, "--port",
                         str(port), *options], f"http://127.0.0.1:{port}", "/readyz", home, env)
         started.append(server)
         server.launch()
@@ -170,6 +178,15 @@ def store_predictions(home: Path) -> dict[str, tuple[str, str]]:
                 sa.select(Prediction.id, Prediction.model_version, Prediction.image_sha256))}
     finally:
         store.close()
+
+
+def wait_stored(server: Serve, ids: set[str]) -> dict[str, tuple[str, str]]:
+    """The server's store once it holds every prediction of ``ids`` (the logger writes in the
+    background)."""
+    def stored() -> dict[str, tuple[str, str]] | None:
+        found = store_predictions(server.root)
+        return found if ids <= set(found) else None
+    return wait_for(stored, 120, f"{len(ids)} predictions in the monitoring store", 0.5)
 
 
 def hammer(server: Serve, clients: int, requests_each: int,

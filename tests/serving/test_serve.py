@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from ..helpers.servers import wait_for
-from .conftest import CLASS_NAMES, hammer, photo, png, store_predictions
+from .conftest import CLASS_NAMES, hammer, photo, png, wait_stored
 
 pytestmark = [pytest.mark.server("mlflow"), pytest.mark.slow]
 
@@ -33,7 +32,8 @@ def lineage(registered):
 
 @pytest.fixture
 def server(serve, lineage):
-    return serve(lineage, "--batch-window-ms", "40", "--max-batch", "16")
+    return serve(lineage.name, lineage.tracking_uri, "--batch-window-ms", "40",
+                 "--max-batch", "16")
 
 
 def test_ready_only_with_the_verified_champion(server):
@@ -96,10 +96,7 @@ def test_concurrent_clients_are_batched_and_every_prediction_is_stored_once(serv
     assert server.metric("vitedit_serve_batch_size_sum") == len(ids)
     assert server.metric("vitedit_serve_batch_size_bucket", le="2.0") < batches  # > 1 request
 
-    def all_stored():
-        stored = store_predictions(server.root)
-        return stored if set(ids) <= set(stored) else None
-    stored = wait_for(all_stored, 120, "every prediction in the monitoring store", 0.5)
+    stored = wait_stored(server, set(ids))
     sent = {f"{c}-{r}-{i}.png": hashlib.sha256(photo(32, 32, seed=1000 * c + 10 * r + i))
             .hexdigest() for c in range(16) for r in range(12) for i in range(2)}
     names = {a["prediction_id"]: a["name"] for a in answers}
