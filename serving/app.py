@@ -98,22 +98,26 @@ class Service:
         self.logger = PredictionLogger(self.store, open_image_store(config.image_store_url))
         self.metrics = ServingMetrics(self.logger.stats)
         self.slot = ChampionSlot(config.model, config.tracking_uri,
-                                 poll_interval=config.poll_interval, on_outcome=self._loaded,
+                                 poll_interval=config.poll_interval,
+                                 before_swap=self._declare_classes, on_outcome=self._loaded,
                                  threads=config.threads)
         self.batcher = Batcher(lambda: self.slot.current, max_batch=config.max_batch,
                                window=config.batch_window,
                                on_batch=self.metrics.batch_size.observe)
 
+    def _declare_classes(self, champion: Champion) -> None:
+        """The class set ingest validates served predictions against, declared before the
+        champion answers (a prediction of an undeclared model is quarantined)."""
+        try:
+            self.store.register_model(champion.name, champion.spec.num_classes,
+                                      champion.class_names)
+        except Exception:  # noqa: BLE001 - the store being down must not stop serving
+            log.exception("serving %s: declaring its classes in the store failed",
+                          champion.name)
+
     def _loaded(self, outcome: str, current: Champion | None) -> None:
         self.metrics.reloads.labels(outcome).inc()
         self.metrics.champion.set(int(current.version) if current else 0)
-        if outcome == "loaded" and current is not None:
-            try:  # the class set ingest validates served predictions against
-                self.store.register_model(current.name, current.spec.num_classes,
-                                          current.class_names)
-            except Exception:  # noqa: BLE001 - the store being down must not stop serving
-                log.exception("serving %s: declaring its classes in the store failed",
-                              current.name)
 
     async def start(self) -> None:
         self.batcher.start()

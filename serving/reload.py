@@ -34,11 +34,13 @@ class ChampionSlot:
     """The champion being served, and the loop that keeps it the alias's verified holder."""
 
     def __init__(self, name: str, tracking_uri: str | None, *, poll_interval: float,
+                 before_swap: Callable[[Champion], None],
                  on_outcome: Callable[[str, Champion | None], None],
                  threads: int | None = None) -> None:
         self.name = name
         self.tracking_uri = tracking_uri
         self.poll_interval = poll_interval
+        self.before_swap = before_swap  # runs on the verified newcomer before it serves
         self.on_outcome = on_outcome  # ("loaded" | "refused" | "failed", current champion)
         self.threads = threads
         self.current: Champion | None = None
@@ -76,6 +78,7 @@ class ChampionSlot:
             log.error("serving %s: loading champion v%s failed: %s", self.name, info.version,
                       exc)
             return self._outcome("failed")
+        self.before_swap(loaded)
         self.current = loaded  # the atomic swap
         log.info("serving %s v%s (%s)%s", self.name, loaded.version, loaded.provider,
                  f", was v{current.version}" if current else "")

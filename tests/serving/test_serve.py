@@ -130,3 +130,32 @@ def test_feedback_reaches_the_store(server):
     finally:
         store.close()
     assert [tuple(r) for r in rows] == [(answer["prediction_id"], 4, "reviewer")]
+
+
+def test_the_demos_in_process_server_loads_the_same_verified_champion(lineage, tmp_path):
+    """``flows.demo.serving`` (the demo and the continual benchmark) on the serving code."""
+    from datetime import UTC, datetime, timedelta
+
+    from flows.demo.serving import ChampionServer, Request, serve_day
+    from monitoring import PredictionLogger, open_image_store, open_store
+
+    server = ChampionServer(lineage.name, lineage.tracking_uri)
+    assert (server.name, server.version, server.provider) == (lineage.name, "1",
+                                                              "CPUExecutionProvider")
+    images = [photo(32, 32, seed=s) for s in range(5)]
+    classes, probs = server.predict(images)
+    for image, top, p in zip(images, classes, probs):
+        expected = torch_probabilities(lineage, "1", image)
+        assert top.tolist() == expected.topk(3).indices.tolist()
+        assert p.tolist() == pytest.approx(expected.topk(3).values.tolist(), abs=1e-5)
+    requests_ = [Request(f"demo-{i}", image, int(classes[i, 0]), "clean")
+                 for i, image in enumerate(images)]
+    yesterday = datetime.now(UTC) - timedelta(days=1)  # serve_day spreads them over a day
+    store = open_store(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    store.register_model(lineage.name, 10, CLASS_NAMES)  # as the demo does
+    try:
+        with PredictionLogger(store, open_image_store(str(tmp_path / "images"))) as logger:
+            assert serve_day(server, logger, requests_, yesterday, lambda n: None) == {}
+        assert store.counts()["predictions"] == 5
+    finally:
+        store.close()
