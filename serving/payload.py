@@ -26,7 +26,8 @@ class Upload:
 
 def read_uploads(content_type: str, body: bytes) -> list[Upload]:
     """The request's images; refuses an empty body, a multipart body without parts and more
-    than ``MAX_IMAGES_PER_REQUEST`` images (``InvalidInputError``, answered 400)."""
+    than ``MAX_IMAGES_PER_REQUEST`` images (``InvalidInputError``, answered 400). An empty
+    part is kept: it gets its own "not a readable image" answer."""
     if not body:
         raise InvalidInputError("empty request body: send image bytes or a multipart form")
     if not content_type.lower().startswith("multipart/"):
@@ -41,8 +42,6 @@ def read_uploads(content_type: str, body: bytes) -> list[Upload]:
         name = part.get_filename() or part.get_param("name", header="content-disposition") \
             or f"part-{index}"
         uploads.append(Upload(str(name), data))
-    if not uploads:
-        raise InvalidInputError("multipart body holds no image")
     if len(uploads) > MAX_IMAGES_PER_REQUEST:
         raise InvalidInputError(f"{len(uploads)} images in one request; at most "
                                 f"{MAX_IMAGES_PER_REQUEST}")
