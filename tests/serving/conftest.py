@@ -17,9 +17,10 @@ import requests
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from vitedit_ops.export import ExportResult, export_onnx
+from vitedit_ops.export import export_onnx
 from vitedit_ops.models import ModelSpec, save_model
 
 from ..helpers.edits import edit_record
@@ -162,6 +163,14 @@ def photo(width: int, height: int, seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def torch_probabilities(lineage, version: str, image: bytes) -> torch.Tensor:
+    """What the torch model of ``version`` says, with timm's own transform of its spec."""
+    transform = create_transform(**resolve_data_config(lineage.spec.data_config))
+    with torch.no_grad():
+        inputs = transform(Image.open(io.BytesIO(image)).convert("RGB"))[None]
+        return lineage.models[version](inputs).softmax(-1)[0]
 
 
 def store_predictions(home: Path) -> dict[str, tuple[str, str]]:

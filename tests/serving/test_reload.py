@@ -9,7 +9,6 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import requests
-import torch
 from mlflow import MlflowClient
 
 from registry import versions
@@ -17,8 +16,7 @@ from registry.promotion import promote
 from registry.versions import CHAMPION
 
 from ..helpers.servers import wait_for
-from .conftest import photo, wait_stored
-from .test_serve import torch_probabilities
+from .conftest import photo, torch_probabilities, wait_stored
 
 pytestmark = [pytest.mark.server("mlflow"), pytest.mark.slow]
 

@@ -4,25 +4,14 @@ lineage registered on a real ``mlflow server``, its monitoring store on disk."""
 from __future__ import annotations
 
 import hashlib
-import io
 
 import pytest
 import requests
 import torch
-from PIL import Image
-from timm.data import create_transform, resolve_data_config
 
-from .conftest import CLASS_NAMES, hammer, photo, png, wait_stored
+from .conftest import CLASS_NAMES, hammer, photo, png, torch_probabilities, wait_stored
 
 pytestmark = [pytest.mark.server("mlflow"), pytest.mark.slow]
-
-
-def torch_probabilities(lineage, version: str, image: bytes) -> torch.Tensor:
-    """What the torch model of ``version`` says, with timm's own transform of its spec."""
-    transform = create_transform(**resolve_data_config(lineage.spec.data_config))
-    with torch.no_grad():
-        inputs = transform(Image.open(io.BytesIO(image)).convert("RGB"))[None]
-        return lineage.models[version](inputs).softmax(-1)[0]
 
 
 @pytest.fixture(scope="module")
