@@ -9,7 +9,15 @@ import pytest
 import requests
 import torch
 
-from .conftest import CLASS_NAMES, hammer, photo, png, torch_probabilities, wait_stored
+from .conftest import (
+    CLASS_NAMES,
+    hammer,
+    photo,
+    png,
+    store_predictions,
+    torch_probabilities,
+    wait_stored,
+)
 
 pytestmark = [pytest.mark.server("mlflow"), pytest.mark.slow]
 
@@ -148,3 +156,16 @@ def test_the_demos_in_process_server_loads_the_same_verified_champion(lineage, t
         assert store.counts()["predictions"] == 5
     finally:
         store.close()
+
+
+def test_a_clean_stop_writes_every_prediction_still_queued(serve, lineage):
+    """SIGTERM right after the last answer: the logger's queue is written before the process
+    exits, so the store holds every prediction without waiting for a flush."""
+    server = serve(lineage.name, lineage.tracking_uri)
+    responses = hammer(server, clients=4, requests_each=5, images=lambda c, r: [
+        (f"{c}-{r}-{i}.png", photo(32, 32, seed=500 + 100 * c + 10 * r + i)) for i in range(2)])
+    ids = {a["prediction_id"] for r in responses for a in r.json()["predictions"]}
+    assert len(ids) == 40
+    server.stop()  # SIGTERM; SIGKILL only if it lingers 10 s
+    assert "Application shutdown complete" in server.log_path.read_text()
+    assert ids <= set(store_predictions(server.root))
