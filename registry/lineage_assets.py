@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from safetensors.torch import load_file, save_file
 
 from registry import artifacts, versions
 from registry.client import connect, experiment_id, translate_errors
 from registry.errors import RegistryError
-from registry.runs import create_run
+from registry.runs import create_run, metrics_now
 from vitedit_ops.hypernet import MaskHypernet
 
 HYPERNET_RUN = "vitedit.hypernet_run_id"
@@ -93,8 +93,8 @@ def register_hypernet(name: str, base_version: str, directory: str | Path,
         training = dict(hypernet.config.training)
         final = training.pop("final", {})
         with translate_errors(f"log hypernetwork run {run_id}"):
-            client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in final.items()
-                                              if isinstance(v, (int, float))],
+            client.log_batch(run_id, metrics=metrics_now({k: v for k, v in final.items()
+                                                           if isinstance(v, (int, float))}),
                              params=[Param(k, str(v)[:6000]) for k, v in training.items()])
             client.log_artifacts(run_id, str(staged), ARTIFACT_DIR)
             stored = {f.path: f.file_size for f in client.list_artifacts(run_id, ARTIFACT_DIR)}

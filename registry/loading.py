@@ -2,7 +2,8 @@
 
 The flow edits the champion again, so it loads the full safetensors weights + timm spec
 (an editable timm model, not MLflow's exported torch graph) and checks them against the
-version's fingerprint tag. Serving loads the ONNX flavor by alias.
+version's fingerprint tag. Serving loads the ONNX file of a version it resolved by alias, after
+the same verification promotion makes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from vitedit_ops.settings import get_settings
 
 from . import artifacts, versions
 from .client import Connection, connect, translate_errors
-from .errors import RegistryError
+from .errors import PromotionRefusedError, RegistryError
+from .promotion import ONNX_FILE, verify
 from .versions import CHAMPION, VersionInfo
 
 
@@ -34,6 +36,22 @@ def load_version(name: str, version: str,
     conn = connect(tracking_uri)
     info = versions.get(conn.client, versions.check_safe(name, "registered model name"), version)
     return (*_load_weights(conn, info), info)
+
+
+def download_served(info: VersionInfo, dst: str | Path,
+                    tracking_uri: str | None = None) -> tuple[Path, ModelSpec]:
+    """A version's served ONNX file and timm spec, downloaded into ``dst`` after exactly the
+    checks promotion makes (ready status, gate verdict and report, patch, weights and ONNX
+    hashes against the version's tags). Raises ``PromotionRefusedError`` listing what failed:
+    a version moved onto an alias by hand, or whose files changed, is never served."""
+    dst = Path(dst)
+    client = connect(tracking_uri).client
+    problems = verify(client, info, onnx_dir=dst / "onnx")
+    if problems:
+        raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
+    with translate_errors(f"download the spec of {info.name} v{info.version}"):
+        spec_file = client.download_artifacts(info.run_id, artifacts.SPEC, str(dst))
+    return dst / "onnx" / ONNX_FILE, ModelSpec.load(spec_file)
 
 
 def _load_weights(conn: Connection, info: VersionInfo) -> tuple[nn.Module, ModelSpec]:

@@ -32,6 +32,7 @@ from .errors import PromotionRefusedError, RegistryError
 from .versions import CHALLENGER, CHAMPION, VersionInfo
 
 REGISTER_BASE, PROMOTE, ROLLBACK = "register-base", "promote", "rollback"
+ONNX_FILE = "model.onnx"  # in the version's ONNX logged model
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,13 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, action
     return event
 
 
-def verify(client: MlflowClient, info: VersionInfo) -> list[str]:
+def verify(client: MlflowClient, info: VersionInfo, onnx_dir: Path | None = None) -> list[str]:
     """Why ``info`` must not be promoted: status, gate verdict, and artifacts re-hashed against
-    the version's tags. Empty when it is fine."""
+    the version's tags. Empty when it is fine.
+
+    With ``onnx_dir`` the served ONNX file is downloaded there (``onnx_dir/model.onnx``) and
+    kept, so serving loads exactly the file whose hash was checked.
+    """
     problems = []
     if not info.ready:
         problems.append(f"status is {info.tags.get(versions.STATUS, 'missing')}, not ready")
@@ -110,8 +115,8 @@ def verify(client: MlflowClient, info: VersionInfo) -> list[str]:
             problems.append(f"not a vitedit version (kind {info.kind!r})")
         problems += _check(f"weights {artifacts.WEIGHTS}", lambda: _weights_fingerprint(
             client, info, root), info.fingerprint)
-        problems += _check("served ONNX file", lambda: _onnx_sha256(client, info, root),
-                           info.tags.get(versions.ONNX_SHA256, ""))
+        problems += _check("served ONNX file", lambda: _onnx_sha256(
+            client, info, onnx_dir or root / "onnx"), info.tags.get(versions.ONNX_SHA256, ""))
     return problems
 
 
@@ -158,10 +163,10 @@ def _weights_fingerprint(client: MlflowClient, info: VersionInfo, root: Path) ->
     return fingerprint_state(read_state_dict(path))
 
 
-def _onnx_sha256(client: MlflowClient, info: VersionInfo, root: Path) -> str:
+def _onnx_sha256(client: MlflowClient, info: VersionInfo, dst: Path) -> str:
     location = client.get_logged_model(info.model_id).artifact_location.rstrip("/")
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/model.onnx",
-                                               dst_path=str(root / "onnx"))
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{ONNX_FILE}",
+                                               dst_path=str(dst))
     return file_sha256(path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -22,7 +23,10 @@ import onnx
 import torch
 from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types.schema import Schema, TensorSpec
+from mlflow.utils.git_utils import get_git_commit
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_USER
 from torch import nn
 
 from vitedit_ops.export import INPUT_NAME, OUTPUT_NAME, ExportResult, export_onnx, file_sha256
@@ -31,6 +35,7 @@ from vitedit_ops.models import ModelSpec
 from . import artifacts, versions
 from .client import Connection, first_line, translate_errors
 from .errors import RegistryError
+from .promotion import current_user
 
 ONNX_NAME = "onnx"
 TORCH_NAME = "torch"
@@ -52,12 +57,32 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^\w\-./ ]", "_", name)
 
 
+def metrics_now(values: dict[str, float]) -> list[Metric]:
+    """Metrics stamped with the time they are logged (MLflow: ms since the epoch, step 0)."""
+    now = int(time.time() * 1000)
+    return [Metric(metric_name(k), float(v), now, 0) for k, v in values.items()]
+
+
+def context_tags() -> dict[str, str]:
+    """MLflow's standard run context as fluent runs get it (user, source name and type, git
+    commit of the entry point), with the user vitedit-ops records moves under, and the commit
+    of vitedit-ops's own code when the entry point is not in a git checkout."""
+    tags = resolve_tags({MLFLOW_USER: current_user()})
+    if MLFLOW_GIT_COMMIT not in tags:
+        commit = get_git_commit(str(Path(__file__).resolve().parent))
+        if commit:
+            tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
 def create_run(conn: Connection, experiment_id: str, run_name: str,
                tags: dict[str, str]) -> str:
-    """An empty run marked in-progress (so it cannot be registered before ``fill_run``)."""
+    """An empty run marked in-progress (so it cannot be registered before ``fill_run``),
+    with its context tags (who, from what source and commit)."""
     with translate_errors("create run"):
         run = conn.client.create_run(experiment_id, run_name=run_name,
-                                     tags={**tags, versions.LOGGED: "in-progress"})
+                                     tags={**context_tags(), **tags,
+                                           versions.LOGGED: "in-progress"})
     return run.info.run_id
 
 
@@ -89,7 +114,7 @@ def _upload(conn: Connection, run_id: str, content: RunContent, model: nn.Module
             spec: ModelSpec, onnx_export: ExportResult | None) -> None:
     client = conn.client
     params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in content.params.items()]
-    metrics = [Metric(metric_name(k), float(v), 0, 0) for k, v in content.metrics.items()]
+    metrics = metrics_now(content.metrics)
     client.log_batch(run_id, metrics=metrics, params=params)
     manifest = artifacts.write_manifest(content.staged)
     client.log_artifacts(run_id, str(content.staged))

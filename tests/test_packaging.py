@@ -30,7 +30,8 @@ def test_every_entry_point_names_a_callable_that_exists(group, name, target):
 def test_every_top_level_package_is_in_the_distribution():
     include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
-    assert {"vitedit_ops", "flows", "registry", "monitoring", "benchmarks"} <= packages
+    assert {"vitedit_ops", "flows", "registry", "monitoring", "serving",
+            "benchmarks"} <= packages
     assert {f"{p}*" for p in packages} <= set(include)
 
 
@@ -46,6 +47,6 @@ def test_the_engine_imports_no_benchmark_and_no_adapter_dependency():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     loaded = set(run.stdout.split())
-    forbidden = ("benchmarks", "flows", "registry", "monitoring", "mlflow", "prefect",
-                 "sqlalchemy")
+    forbidden = ("benchmarks", "flows", "registry", "monitoring", "serving", "mlflow",
+                 "prefect", "sqlalchemy", "uvicorn", "prometheus_client")
     assert not {m for m in loaded if m.split(".")[0] in forbidden}

@@ -1,7 +1,10 @@
 """Turn images into model inputs exactly as the model's timm config says.
 
 One path for every image source (files, production bytes, reference arrays), so that the
-editor, the gate and serving see the same tensors for the same picture.
+editor, the gate and serving see the same tensors for the same picture. Decoded images go
+through timm's own eval transform (``resolve_data_config`` + ``create_transform``: resize by
+``crop_pct``, center crop), the one a timm model is evaluated with; an image already at the
+model's input size with ``crop_pct=1.0`` passes through unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from timm.data import create_transform, resolve_data_config
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
@@ -30,6 +34,9 @@ class Preprocessor:
         self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
         self.std = torch.tensor(spec.std).view(-1, 1, 1)
         self.interpolation = InterpolationMode(spec.interpolation)
+        # pixels stay in [0, 1] here: ``normalize`` applies mean/std to every source alike
+        self.resize_crop = create_transform(**resolve_data_config(spec.data_config),
+                                            is_training=False, normalize=False)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) floats in [0, 1] at the model's input size -> model input."""
@@ -44,11 +51,8 @@ class Preprocessor:
     def pixels_from_pil(self, image: Image.Image) -> torch.Tensor:
         """One PIL image -> (C, H, W) floats in [0, 1] at the model's input size."""
         mode = "RGB" if self.channels == 3 else "L"
-        image = image.convert(mode)
-        tensor = F.pil_to_tensor(image).float() / 255.0
-        tensor = F.resize(tensor, [self.height, self.width], interpolation=self.interpolation,
-                          antialias=True)
-        return tensor.clamp(0.0, 1.0)
+        tensor = self.resize_crop(image.convert(mode))  # uint8 (C, H, W)
+        return tensor.float() / 255.0
 
     def from_pil(self, images: list[Image.Image]) -> torch.Tensor:
         return self.normalize(torch.stack([self.pixels_from_pil(im) for im in images]))

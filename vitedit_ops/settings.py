@@ -33,6 +33,12 @@ class Settings(BaseSettings):
                                       "(links in reports); default: the tracking server, or "
                                       "http://127.0.0.1:5000 for an embedded store.")
     registered_model: str = Field("vitedit-reference", description="Registered model name.")
+    serve_poll_interval: float = Field(30.0, gt=0, description="Seconds between two looks "
+                                       "of `vitedit-ops serve` at the champion alias.")
+    serve_max_batch: int = Field(32, ge=1, description="Most images one onnxruntime call of "
+                                 "`vitedit-ops serve` takes.")
+    serve_batch_window_ms: float = Field(5.0, ge=0, description="How long `vitedit-ops serve` "
+                                         "waits for more requests to join a batch.")
     seed: int = 0
 
     @cached_property

@@ -1,30 +1,25 @@
-"""Simulated production: ONNX Runtime serving the champion, loaded by alias from MLflow.
+"""Simulated production: the served champion classifying a day of requests in-process.
 
-Each request is a PNG, decoded and preprocessed as the model's spec says, classified by the
-ONNX file registered under ``models:/NAME@champion``, and logged through the monitoring
-``PredictionLogger`` (image bytes included). Reviewers' labels arrive later as feedback.
+Each request is a PNG, preprocessed as the model's spec says (timm's eval transform),
+classified by the ONNX file of the version that holds ``models:/NAME@champion``, verified as
+``vitedit-ops serve`` verifies it, and logged through the monitoring ``PredictionLogger``
+(image bytes included). Reviewers' labels arrive later as feedback.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 
 from monitoring import MonitoringStore, PredictionLogger
 from monitoring.feedback import submit_feedback
-from registry import artifacts, versions
-from registry.client import connect
-from registry.loading import model_uri
-from vitedit_ops.export import active_provider, load_session, run_session
-from vitedit_ops.models import ModelSpec
-from vitedit_ops.preprocess import Preprocessor, open_image
+from registry import versions
+from serving import champion as champions
+from vitedit_ops.preprocess import open_image
 
 TOP_K = 3
 BATCH = 64
@@ -41,30 +36,23 @@ class Request:
 
 
 class ChampionServer:
-    """The champion's ONNX graph in onnxruntime, as a serving replica would run it."""
+    """The champion's verified ONNX graph in onnxruntime, as ``vitedit-ops serve`` loads it."""
 
     def __init__(self, name: str, tracking_uri: str) -> None:
-        client = connect(tracking_uri).client
-        info = versions.by_alias(client, name, versions.CHAMPION)
-        if info is None:
-            raise LookupError(f"{name} has no champion to serve")
-        self.name, self.version = name, info.version
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(model_uri(name), dst_path=tmp))
-            self.session = load_session(local / "model.onnx")
-            spec_file = client.download_artifacts(info.run_id, artifacts.SPEC, tmp)
-            self.preprocessor = Preprocessor(ModelSpec.load(spec_file))
+        self.champion = champions.load(champions.resolve(name, tracking_uri), tracking_uri)
+        self.name, self.version = name, self.champion.version
 
     @property
     def provider(self) -> str:
-        return active_provider(self.session)
+        return self.champion.provider
 
     def predict(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Top-k classes and probabilities per image (most likely first)."""
-        inputs = self.preprocessor.from_pil([open_image(b) for b in images])
-        logits = torch.from_numpy(run_session(self.session, inputs))
-        probs, classes = logits.softmax(-1).topk(TOP_K, dim=-1)
-        return classes.numpy(), probs.numpy()
+        preprocessor = self.champion.preprocessor
+        inputs = preprocessor.from_pil([open_image(b) for b in images])
+        probs = torch.from_numpy(self.champion.probabilities(inputs))
+        top, classes = probs.topk(TOP_K, dim=-1)
+        return classes.numpy(), top.numpy()
 
 
 def serve_day(server: ChampionServer, logger: PredictionLogger, requests: list[Request],

@@ -5,8 +5,16 @@ from dataclasses import dataclass, replace
 import pytest
 from mlflow import MlflowClient
 
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
+
 from registry import artifacts, versions
 from registry.mlflow_registry import Registration, publish_edit
+from registry.promotion import current_user
 
 
 @dataclass
@@ -77,6 +85,16 @@ def test_run_holds_params_metrics_and_every_artifact(lineage, good_edit):
             artifacts.DESCRIPTION, artifacts.MANIFEST, "patches/00_3to8.safetensors",
             "patches/01_5to6.safetensors", "plots/mask_blocks.1.mlp.fc1.weight.png",
             "plots/mask_blocks.1.mlp.fc2.weight.png"} <= files
+
+
+def test_run_says_who_logged_it_from_which_code_and_when(lineage):
+    run = lineage.client.get_run(lineage.good.run_id)
+    tags = run.data.tags
+    assert tags[MLFLOW_USER] == current_user()
+    assert tags[MLFLOW_SOURCE_TYPE] and tags[MLFLOW_SOURCE_NAME]
+    assert len(tags[MLFLOW_GIT_COMMIT]) == 40  # the tests run from a git checkout
+    history = lineage.client.get_metric_history(lineage.good.run_id, "locality")
+    assert [m.timestamp for m in history] == [pytest.approx(run.info.start_time, abs=600_000)]
 
 
 def test_description_tells_the_reviewer_what_was_fixed_and_the_gate(lineage, good_edit):

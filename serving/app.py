@@ -1,0 +1,252 @@
+"""The HTTP service: ``/predict``, ``/feedback``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+Every answered image is logged with its bytes through the monitoring ``PredictionLogger``
+under a prediction id the answer carries, which is what reviewers send back to ``/feedback``.
+An image that cannot be read costs that image only: it gets its own error, the request's other
+images are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from monitoring import PredictionLogger, open_image_store, open_store
+from monitoring.feedback import submit_feedback
+from registry.versions import CHAMPION
+from vitedit_ops.errors import InvalidInputError
+from vitedit_ops.preprocess import Preprocessor, open_image
+
+from .batching import Batcher, NoChampionError
+from .champion import Champion
+from .metrics import ServingMetrics
+from .payload import Upload, read_uploads
+from .reload import ChampionSlot
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 64 * 1024 * 1024
+RETRY_AFTER_SECONDS = "5"
+ENDPOINTS = frozenset({"/predict", "/feedback", "/healthz", "/readyz", "/metrics"})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What one server serves and how it batches; ``None`` URLs mean the settings' defaults."""
+
+    model: str
+    tracking_uri: str | None = None
+    store_url: str | None = None
+    image_store_url: str | None = None
+    poll_interval: float = 30.0
+    max_batch: int = 32
+    batch_window: float = 0.005  # seconds
+    top_k: int = 3
+    threads: int | None = None   # onnxruntime intra-op threads (default: its own choice)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A request's images after decoding: the model inputs of the readable ones, and per
+    image either its index into those inputs or its error."""
+
+    inputs: torch.Tensor | None
+    slots: list[int | str]
+
+
+def _decode(preprocessor: Preprocessor, uploads: list[Upload]) -> _Decoded:
+    pixels: list[torch.Tensor] = []
+    slots: list[int | str] = []
+    for upload in uploads:
+        try:
+            pixels.append(preprocessor.pixels_from_pil(open_image(upload.data, upload.name)))
+            slots.append(len(pixels) - 1)
+        except InvalidInputError as exc:
+            slots.append(str(exc))
+    inputs = preprocessor.normalize(torch.stack(pixels)) if pixels else None
+    return _Decoded(inputs, slots)
+
+
+def _top_k(champion: Champion, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
+    names = champion.class_names
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"class": int(c), "label": names[c], "probability": float(probs[c])}
+            for c in order]
+
+
+def _error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+class Service:
+    """State of one running server: store, logger, champion slot, batcher, metrics."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.store = open_store(config.store_url)
+        self.logger = PredictionLogger(self.store, open_image_store(config.image_store_url))
+        self.metrics = ServingMetrics(self.logger.stats)
+        self.slot = ChampionSlot(config.model, config.tracking_uri,
+                                 poll_interval=config.poll_interval,
+                                 before_swap=self._declare_classes, on_outcome=self._loaded,
+                                 threads=config.threads)
+        self.batcher = Batcher(lambda: self.slot.current, max_batch=config.max_batch,
+                               window=config.batch_window,
+                               on_batch=self.metrics.batch_size.observe)
+
+    def _declare_classes(self, champion: Champion) -> None:
+        """The class set ingest validates served predictions against, declared before the
+        champion answers (a prediction of an undeclared model is quarantined)."""
+        try:
+            self.store.register_model(champion.name, champion.spec.num_classes,
+                                      champion.class_names)
+        except Exception:  # noqa: BLE001 - the store being down must not stop serving
+            log.exception("serving %s: declaring its classes in the store failed",
+                          champion.name)
+
+    def _loaded(self, outcome: str, current: Champion | None) -> None:
+        self.metrics.reloads.labels(outcome).inc()
+        self.metrics.champion.set(int(current.version) if current else 0)
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self.slot.start()
+
+    async def stop(self) -> None:
+        await self.slot.stop()
+        await self.batcher.stop()
+        await asyncio.to_thread(self.logger.close)
+        self.store.close()
+
+    async def predict(self, request: Request) -> Response:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_BODY_BYTES:
+            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        champion = self.slot.current
+        if champion is None:
+            return _error(503, "no verified champion loaded yet", **{
+                "Retry-After": RETRY_AFTER_SECONDS})
+        try:
+            uploads = read_uploads(request.headers.get("content-type", ""),
+                                   await request.body())
+        except InvalidInputError as exc:
+            return _error(400, str(exc))
+        decoded = await asyncio.to_thread(_decode, champion.preprocessor, uploads)
+        served: Champion | None = None
+        probs = np.empty((0, 0), np.float32)
+        if decoded.inputs is not None:
+            try:
+                served, probs = await self.batcher.predict(decoded.inputs)
+            except NoChampionError as exc:
+                return _error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+        answers = [self._answer(upload, slot, served, probs)
+                   for upload, slot in zip(uploads, decoded.slots)]
+        body = {"model": self.config.model, "version": served.version if served else None,
+                "predictions": answers}
+        return JSONResponse(body, status_code=200 if served is not None else 422)
+
+    def _answer(self, upload: Upload, slot: int | str, champion: Champion | None,
+                probs: np.ndarray) -> dict[str, Any]:
+        if isinstance(slot, str) or champion is None:
+            self.metrics.images.labels("unreadable").inc()
+            return {"name": upload.name, "error": slot}
+        top = _top_k(champion, probs[slot], self.config.top_k)
+        prediction_id = uuid.uuid4().hex
+        logged = self.logger.log(
+            prediction_id, model=champion.name, model_version=champion.version,
+            model_alias=CHAMPION, predicted_class=top[0]["class"],
+            topk=[[t["class"], t["probability"]] for t in top], image=upload.data,
+            metadata={"filename": upload.name})
+        self.metrics.images.labels("predicted").inc()
+        return {"name": upload.name, "prediction_id": prediction_id,
+                "version": champion.version, "predicted_class": top[0]["class"],
+                "label": top[0]["label"], "top_k": top, "logged": logged}
+
+    async def feedback(self, request: Request) -> Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _error(400, "feedback must be JSON: an object or a list of objects with "
+                               "prediction_id and true_class")
+        items = payload if isinstance(payload, list) else [payload]
+        if not items or not all(isinstance(item, dict) for item in items):
+            return _error(400, "feedback must be an object or a non-empty list of objects")
+        report = await asyncio.to_thread(submit_feedback, self.store, items, origin="http")
+        status = 200 if report.quarantined < len(items) else 422
+        return JSONResponse(report.to_dict(), status_code=status)
+
+    def ready(self) -> Response:
+        champion = self.slot.current
+        if champion is None:
+            return JSONResponse({"ready": False, "model": self.config.model,
+                                 "reason": "no verified champion loaded yet"}, status_code=503)
+        return JSONResponse({"ready": True, "model": champion.name,
+                             "version": champion.version, "provider": champion.provider,
+                             "onnx_sha256": champion.onnx_sha256})
+
+    def metrics_page(self) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The FastAPI application serving ``models:/MODEL@champion``."""
+    holder: dict[str, Service] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service = await asyncio.to_thread(Service, config)
+        holder["service"] = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="vitedit-ops serve", lifespan=lifespan,
+                  description=f"Serves models:/{config.model}@{CHAMPION} with onnxruntime.")
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        service = holder.get("service")
+        if service is not None:
+            endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
+            service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            if endpoint in ("/predict", "/feedback"):
+                service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.post("/predict", summary="Classify one image (raw bytes) or several (multipart)")
+    async def predict(request: Request) -> Response:
+        return await holder["service"].predict(request)
+
+    @app.post("/feedback", summary="Reviewers' labels: {prediction_id, true_class[, source]}")
+    async def feedback(request: Request) -> Response:
+        return await holder["service"].feedback(request)
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready once a verified champion is loaded")
+    async def readyz() -> Response:
+        return holder["service"].ready()
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return holder["service"].metrics_page()
+
+    return app

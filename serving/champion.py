@@ -1,0 +1,79 @@
+"""The served champion: resolved by alias, verified, loaded into onnxruntime.
+
+The alias is read once, as a version with its tags (``get_model_version_by_alias``); every
+download after that goes to that version's run and logged model, so the version the server
+reports is the one whose files it loaded, even if the alias moves meanwhile. Nothing is served
+before ``registry.loading.download_served`` has re-checked it as promotion does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from registry import versions
+from registry.client import connect
+from registry.errors import RegistryError
+from registry.loading import download_served
+from registry.versions import CHAMPION, VersionInfo
+from vitedit_ops.export import active_provider, load_session
+from vitedit_ops.models import ModelSpec
+from vitedit_ops.preprocess import Preprocessor
+
+
+@dataclass(frozen=True)
+class Champion:
+    """One verified version in an onnxruntime session; immutable, so a batch that started on
+    it finishes on it whatever the server swaps in meanwhile."""
+
+    name: str
+    version: str
+    run_id: str
+    onnx_sha256: str
+    spec: ModelSpec
+    session: Any
+    preprocessor: Preprocessor
+
+    @property
+    def provider(self) -> str:
+        return active_provider(self.session)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.class_names or [str(c) for c in range(self.spec.num_classes)])
+
+    def probabilities(self, inputs: torch.Tensor) -> np.ndarray:
+        """(N, num_classes) softmax probabilities of a normalised batch, one onnxruntime call."""
+        name = self.session.get_inputs()[0].name
+        logits = self.session.run(None, {name: inputs.numpy().astype(np.float32)})[0]
+        return torch.from_numpy(logits).softmax(-1).numpy()
+
+
+def resolve(name: str, tracking_uri: str | None = None) -> VersionInfo:
+    """The version holding ``champion`` now, with its tags, in one registry call."""
+    info = versions.by_alias(connect(tracking_uri).client,
+                             versions.check_safe(name, "registered model name"), CHAMPION)
+    if info is None:
+        raise RegistryError(f"{name} has no {CHAMPION} to serve")
+    return info
+
+
+def load(info: VersionInfo, tracking_uri: str | None = None,
+         threads: int | None = None) -> Champion:
+    """Download, verify and load ``info``; raises ``PromotionRefusedError`` if it does not
+    verify (CUDA provider first when onnxruntime can use it)."""
+    root = Path(tempfile.mkdtemp(prefix="vitedit-serve-"))
+    try:
+        onnx_path, spec = download_served(info, root, tracking_uri)
+        session = load_session(onnx_path, prefer_cuda=True, threads=threads)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the session holds the graph in memory
+    return Champion(name=info.name, version=info.version, run_id=info.run_id,
+                    onnx_sha256=info.tags.get(versions.ONNX_SHA256, ""), spec=spec,
+                    session=session, preprocessor=Preprocessor(spec))

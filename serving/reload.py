@@ -1,0 +1,106 @@
+"""Following ``models:/NAME@champion``: poll the alias, verify a new holder, swap atomically.
+
+The slot holds one immutable ``Champion``; a swap is one assignment, so a batch that read the
+old champion finishes on it and the next batch runs on the new one. A version that fails
+verification is refused once (log line + metric) and remembered with its tags, so it is not
+downloaded again every poll; the champion already loaded keeps serving. An unreachable
+registry is logged and retried at the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+
+from registry.errors import PromotionRefusedError
+from registry.versions import VersionInfo
+from vitedit_ops.errors import VitEditError
+
+from . import champion as champions
+from .champion import Champion
+
+log = logging.getLogger(__name__)
+
+
+def _tags_digest(info: VersionInfo) -> str:
+    return hashlib.sha256(json.dumps([info.version, info.tags], sort_keys=True)
+                          .encode()).hexdigest()
+
+
+class ChampionSlot:
+    """The champion being served, and the loop that keeps it the alias's verified holder."""
+
+    def __init__(self, name: str, tracking_uri: str | None, *, poll_interval: float,
+                 before_swap: Callable[[Champion], None],
+                 on_outcome: Callable[[str, Champion | None], None],
+                 threads: int | None = None) -> None:
+        self.name = name
+        self.tracking_uri = tracking_uri
+        self.poll_interval = poll_interval
+        self.before_swap = before_swap  # runs on the verified newcomer before it serves
+        self.on_outcome = on_outcome  # ("loaded" | "refused" | "failed", current champion)
+        self.threads = threads
+        self.current: Champion | None = None
+        self._refused: set[str] = set()
+        self._last_failure = ""
+        self._task: asyncio.Task[None] | None = None
+
+    def check(self) -> str:
+        """Look at the alias once and load its holder if it is new; returns what happened
+        (``unchanged``, ``loaded``, ``refused``, ``failed``). Blocking: run it in a thread."""
+        try:
+            info = champions.resolve(self.name, self.tracking_uri)
+        except VitEditError as exc:
+            message = f"serving {self.name}: cannot read the champion alias: {exc}"
+            if message != self._last_failure:  # once per distinct failure, not every poll
+                log.error("%s", message)
+            self._last_failure = message
+            return self._outcome("failed")
+        self._last_failure = ""
+        current = self.current
+        if current is not None and current.version == info.version:
+            return "unchanged"
+        digest = _tags_digest(info)
+        if digest in self._refused:
+            return "unchanged"
+        try:
+            loaded = champions.load(info, self.tracking_uri, self.threads)
+        except PromotionRefusedError as exc:
+            self._refused.add(digest)
+            log.error("serving %s: champion v%s refused, %s: %s", self.name, info.version,
+                      f"v{current.version} keeps serving" if current else "nothing is served",
+                      "; ".join(exc.problems))
+            return self._outcome("refused")
+        except VitEditError as exc:
+            log.error("serving %s: loading champion v%s failed: %s", self.name, info.version,
+                      exc)
+            return self._outcome("failed")
+        self.before_swap(loaded)
+        self.current = loaded  # the atomic swap
+        log.info("serving %s v%s (%s)%s", self.name, loaded.version, loaded.provider,
+                 f", was v{current.version}" if current else "")
+        return self._outcome("loaded")
+
+    def _outcome(self, outcome: str) -> str:
+        self.on_outcome(outcome, self.current)
+        return outcome
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._poll(), name="champion")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.check)
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failed look
+                log.exception("serving %s: checking the champion alias failed", self.name)
+                self._outcome("failed")
+            await asyncio.sleep(self.poll_interval)
