@@ -36,12 +36,15 @@ from .validation import (
     Rejected,
     UriPolicy,
     check_class,
+    check_storable_text,
+    loads_strict,
     parse_class_index,
     parse_sha256,
     parse_text,
     parse_timestamp,
     parse_topk,
     require,
+    storable_json,
     utcnow,
 )
 
@@ -87,9 +90,10 @@ def _read_jsonl(path: Path, origin: str) -> Iterator[RawRecord]:
                                 f"not UTF-8 ({exc.reason})")
                 continue
             try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield RawRecord(where, text, None, f"invalid JSON ({exc.msg})")
+                data = loads_strict(text)
+            except ValueError as exc:
+                yield RawRecord(where, text, None,
+                                f"invalid JSON ({getattr(exc, 'msg', None) or exc})")
                 continue
             if not isinstance(data, dict):
                 yield RawRecord(where, text, None, "a record must be a JSON object")
@@ -119,9 +123,10 @@ def _json_field(value: Any, name: str) -> Any:
     """CSV carries lists and objects as JSON text."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            raise Rejected(Reason.INVALID_FIELD, f"field '{name}' is not valid JSON") from None
+            return loads_strict(value)
+        except ValueError as exc:
+            raise Rejected(Reason.INVALID_FIELD,
+                           f"field '{name}' is not valid JSON ({exc})") from None
     return value
 
 
@@ -138,14 +143,15 @@ def parse_prediction(data: dict[str, Any], *, now: datetime, model_classes: dict
     uri = data.get("image_uri") if image_given else require(data, "image_uri")
     if uri is not None and not isinstance(uri, str):
         raise Rejected(Reason.INVALID_FIELD, "field 'image_uri' must be a string")
-    row["image_uri"] = uri
+    row["image_uri"] = check_storable_text(uri, "image_uri") if uri is not None else None
     sha = data.get("image_sha256")
     row["image_sha256"] = parse_sha256(sha) if sha not in (None, "") else None
     ts = parse_timestamp(require(data, "ts"), now=now, max_skew=max_skew)
     metadata = _json_field(data.get("metadata") or {}, "metadata")
     if not isinstance(metadata, dict):
         raise Rejected(Reason.INVALID_FIELD, "field 'metadata' must be an object")
-    if len(json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
+    metadata = storable_json(metadata, "metadata")
+    if len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
         raise Rejected(Reason.INVALID_FIELD, f"metadata larger than {MAX_METADATA_BYTES} bytes")
     num_classes = model_classes.get(row["model_name"])
     if num_classes is None:
