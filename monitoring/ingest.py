@@ -249,7 +249,10 @@ class Ingestor:
         try:
             declared = row["image_sha256"]
             if record.image is not None:
-                data: bytes | None = record.image
+                if not isinstance(record.image, bytes | bytearray | memoryview):
+                    raise Rejected(Reason.INVALID_FIELD, "image must be bytes, not "
+                                                         f"{type(record.image).__name__}")
+                data: bytes | None = bytes(record.image)
             else:
                 location = self.policy.resolve(row["image_uri"])
                 data = None if declared and self.images.exists(declared) else read_source(
