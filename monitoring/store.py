@@ -462,7 +462,11 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     """WAL-mode SQLite; ``?timeout=SECONDS`` in the URL sets how long a writer waits for a lock
     (default 60 s; a nightly job may rather fail fast and retry)."""
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InfrastructureError(f"monitoring store {url.database} cannot be created: "
+                                      f"{exc}") from exc
     timeout = float(url.query.get("timeout", DEFAULT_SQLITE_TIMEOUT))
     engine = sa.create_engine(url.difference_update_query(["timeout"]),
                               connect_args={"timeout": timeout})
