@@ -35,7 +35,7 @@ from monitoring import Collector, open_image_store, open_store
 from monitoring.collector import Collection
 from monitoring.images import ImageIntegrityError
 from registry import VersionInfo, gate_report, load_version, publish_edit, promote, run_url
-from registry import version_by_key
+from registry import fail_orphaned_edit_runs, version_by_key
 from registry.client import first_line
 from registry.mlflow_registry import Registration
 from registry.record import EditRunRecord
@@ -43,7 +43,7 @@ from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
 from vitedit_ops.export import ExportResult, export_onnx
 from vitedit_ops.gate import GateConfig, GateReport, run_gate
 from vitedit_ops.groups import ErrorGroup
-from vitedit_ops.settings import get_settings
+from vitedit_ops.settings import Settings, get_settings
 
 from .combine import Combination, combine
 from .config import EditSettings, idempotency_key
@@ -74,8 +74,13 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry
     return True
 
 
+# Read when the flow module is imported (a worker imports it per flow run). Generous: they
+# exist so a hung night or task ends, and so a night older than the flow timeout is known dead.
+_TIMEOUTS = Settings()
+FLOW_TIMEOUT = timedelta(hours=_TIMEOUTS.nightly_timeout_hours)
+TASK_TIMEOUT = {"timeout_seconds": _TIMEOUTS.task_timeout_hours * 3600}
 IO = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient,
-      "cache_policy": NO_CACHE}
+      "cache_policy": NO_CACHE, **TASK_TIMEOUT}
 
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -91,6 +96,18 @@ def collect_errors(model: str, since: datetime, until: datetime,
             max_edit_images=None, min_group_size=1, seed=settings.seed)
     finally:
         store.close()
+
+
+@task(name="fail-orphaned-runs", **IO)
+def fail_orphaned_runs(model: str, tracking_uri: str) -> list[str]:
+    """Edit runs of this model an earlier night left RUNNING (its process died): FAILED now,
+    so the registry shows no run as in progress that nothing will finish."""
+    failed = fail_orphaned_edit_runs(model, FLOW_TIMEOUT, f"nightly flow run {flow_run.id}",
+                                     tracking_uri)
+    if failed:
+        get_run_logger().warning("marked %d orphaned MLflow run(s) FAILED: %s", len(failed),
+                                 ", ".join(failed))
+    return failed
 
 
 @task(name="pin-champion", **IO)
@@ -130,7 +147,7 @@ def preserved_pool(ref: ChampionRef, since: datetime, limit: int,
         store.close()
 
 
-@task(name="edit-group", cache_policy=NO_CACHE)
+@task(name="edit-group", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: str | None,
          limit: str, preserved: PreservedPool | None) -> GroupOutcome:
     """Edit one group while holding a slot of the shared limit (one per GPU)."""
@@ -144,7 +161,7 @@ def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: 
     return outcome
 
 
-@task(name="retrain", cache_policy=NO_CACHE)
+@task(name="retrain", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: EditSettings,
                       device: str | None, limit: str,
                       preserved: PreservedPool | None) -> GroupOutcome:
@@ -154,19 +171,19 @@ def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: Edit
         return retrain(context, units, settings, device, preserved)
 
 
-@task(name="combine-groups", cache_policy=NO_CACHE)
+@task(name="combine-groups", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def combine_groups(ref: ChampionRef, outcomes: list[GroupOutcome],
                    settings: EditSettings) -> Combination:
     return combine(champion_context(ref), outcomes, settings)
 
 
-@task(name="export-onnx", cache_policy=NO_CACHE)
+@task(name="export-onnx", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def export_candidate(ref: ChampionRef, combination: Combination, workdir: Path) -> ExportResult:
     spec = champion_context(ref).spec
     return export_onnx(combination.model, spec.input_size, workdir / "model.onnx")
 
 
-@task(name="gate", cache_policy=NO_CACHE)
+@task(name="gate", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResult,
                    config: GateConfig, preserved: PreservedPool | None) -> GateReport:
     """The gate on exactly the ONNX file that will be registered."""
@@ -184,7 +201,7 @@ def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResul
 
 
 @task(name="register-challenger", retries=2, retry_delay_seconds=[5, 20],
-      retry_condition_fn=_transient, cache_policy=NO_CACHE)
+      retry_condition_fn=_transient, cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def register(record: EditRunRecord, tracking_uri: str) -> tuple[Registration, str]:
     """Log and register (idempotent on the record's key); returns the MLflow run's URL."""
     registration = publish_edit(record, tracking_uri)
@@ -233,7 +250,8 @@ class NightPlan:
     edit_slots: int
 
 
-@flow(name="nightly-edit", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="nightly-edit", task_runner=ThreadPoolTaskRunner(max_workers=4),
+      timeout_seconds=FLOW_TIMEOUT.total_seconds())
 def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
                  edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
                  auto_promote: bool = False, device: str | None = None,
@@ -270,6 +288,10 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         progress.append(result)
         return result
 
+    try:
+        fail_orphaned_runs(plan.model, plan.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - housekeeping: never the reason a night fails
+        get_run_logger().warning("orphaned MLflow runs not checked: %s", first_line(exc))
     collection = collect_errors(plan.model, plan.since, plan.until, plan.settings)
     result = known(replace(progress[-1], collected=collection.summary.to_dict()))
     groups = list(collection.groups)

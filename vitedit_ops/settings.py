@@ -34,6 +34,12 @@ class Settings(BaseSettings):
                                       "http://127.0.0.1:5000 for an embedded store.")
     registered_model: str = Field("vitedit-reference", description="Registered model name.")
     seed: int = 0
+    nightly_timeout_hours: float = Field(
+        6.0, gt=0, description="A nightly run taking longer fails (flow timeout); MLflow edit "
+        "runs RUNNING longer than this are orphans of a dead night and marked FAILED.")
+    task_timeout_hours: float = Field(
+        2.0, gt=0, description="Timeout of each task of the nightly flow (collect, edit, "
+        "gate, register, ...).")
 
     @cached_property
     def reference_dir(self) -> Path:
