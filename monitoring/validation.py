@@ -155,6 +155,7 @@ def storable_json(value: Any, name: str, depth: int = 0) -> Any:
 
 def parse_text(value: Any, name: str, max_length: int = MAX_NAME_LENGTH) -> str:
     """A short identifier-like string (ids, model names, versions, sources)."""
+    value = plain_scalar(value)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise Rejected(Reason.INVALID_FIELD, f"field '{name}' must be a string")
     text = str(value).strip()

@@ -19,6 +19,7 @@ from monitoring.validation import (
     UriPolicy,
     loads_strict,
     parse_class_index,
+    parse_text,
     parse_timestamp,
     parse_topk,
     storable_json,
@@ -72,6 +73,7 @@ def test_numpy_scalars_become_python_numbers() -> None:
     index = parse_class_index(np.int64(7), "c")
     assert index == 7 and type(index) is int
     assert parse_topk([[np.int64(3), np.float32(0.5)]], 10) == [[3, 0.5]]
+    assert parse_text(np.int64(3), "model_version") == "3"
     stored = storable_json({"p": np.float32(0.25), "n": [np.int32(2)]}, "metadata")
     assert stored == {"p": 0.25, "n": [2]} and type(stored["p"]) is float
 
