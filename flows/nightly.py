@@ -25,10 +25,15 @@ import torch
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                            FlowRunFilterStartTime, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.states import Crashed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from monitoring import Collector, open_image_store, open_store
@@ -57,6 +62,7 @@ from .units import Plan, plan_units
 from .reporting import (ALREADY_REGISTERED, FAILED, NO_GROUP_ACCEPTED, NOTHING_TO_EDIT,
                         REGISTERED, NightlyResult, group_rows, publish_artifacts)
 
+FLOW_NAME = "nightly-edit"
 EDIT_LIMIT = "vitedit-edit"
 PROMOTED_BY = "nightly-edit"
 # Errors that another attempt cannot fix: bad input, a blob that failed its hash check, a
@@ -108,6 +114,31 @@ def fail_orphaned_runs(model: str, tracking_uri: str) -> list[str]:
         get_run_logger().warning("marked %d orphaned MLflow run(s) FAILED: %s", len(failed),
                                  ", ".join(failed))
     return failed
+
+
+@task(name="crash-orphaned-flow-runs", **IO)
+def crash_orphaned_flow_runs() -> list[str]:
+    """Nightly flow runs still RUNNING after the flow timeout: their process died (kill -9, a
+    lost worker) before it could tell the server, so nothing else will end them. CRASHED now,
+    with a message saying why."""
+    cutoff = datetime.now(UTC) - FLOW_TIMEOUT
+    running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    crashed = []
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                flow_run_filter=FlowRunFilter(state=running, start_time=FlowRunFilterStartTime(
+                    before_=cutoff)), limit=200):
+            if str(run.id) == str(flow_run.id):
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=(
+                f"orphaned: RUNNING for more than {FLOW_TIMEOUT} (its process died); marked "
+                f"CRASHED by nightly flow run {flow_run.id}")), force=True)
+            crashed.append(str(run.id))
+    if crashed:
+        get_run_logger().warning("marked %d orphaned flow run(s) CRASHED: %s", len(crashed),
+                                 ", ".join(crashed))
+    return crashed
 
 
 @task(name="pin-champion", **IO)
@@ -250,7 +281,7 @@ class NightPlan:
     edit_slots: int
 
 
-@flow(name="nightly-edit", task_runner=ThreadPoolTaskRunner(max_workers=4),
+@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4),
       timeout_seconds=FLOW_TIMEOUT.total_seconds())
 def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
                  edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
@@ -288,10 +319,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         progress.append(result)
         return result
 
-    try:
-        fail_orphaned_runs(plan.model, plan.tracking_uri)
-    except Exception as exc:  # noqa: BLE001 - housekeeping: never the reason a night fails
-        get_run_logger().warning("orphaned MLflow runs not checked: %s", first_line(exc))
+    _end_orphans(plan)
     collection = collect_errors(plan.model, plan.since, plan.until, plan.settings)
     result = known(replace(progress[-1], collected=collection.summary.to_dict()))
     groups = list(collection.groups)
@@ -342,6 +370,18 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
                            created=registration.created))
     return _finish(plan, result, registration.version, registration.run_id,
                    registration.gate_passed, registration.aliases, fixes)
+
+
+def _end_orphans(plan: NightPlan) -> None:
+    """End the flow and MLflow runs a dead night left RUNNING; best effort: an unreachable
+    server here is worth a warning, never the reason a night fails."""
+    steps = {"flow runs": crash_orphaned_flow_runs,
+             "MLflow runs": lambda: fail_orphaned_runs(plan.model, plan.tracking_uri)}
+    for what, step in steps.items():
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            get_run_logger().warning("orphaned %s not checked: %s", what, first_line(exc))
 
 
 def _edit_all(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],
