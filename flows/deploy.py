@@ -16,6 +16,9 @@ from .nightly import nightly_edit
 from .suites import build_suite_flow
 
 NIGHTLY_CRON = "0 2 * * *"
+# One night at a time: a night that overruns makes the next one wait (Prefect enqueues it),
+# never two nights editing the same champion at once.
+NIGHTLY_CONCURRENCY = 1
 
 
 def deployments(cron: str = NIGHTLY_CRON, timezone: str = "UTC",
@@ -24,7 +27,7 @@ def deployments(cron: str = NIGHTLY_CRON, timezone: str = "UTC",
     return [
         nightly_edit.to_deployment(
             name="nightly", schedules=[Cron(cron, timezone=timezone)],
-            parameters={"auto_promote": auto_promote},
+            parameters={"auto_promote": auto_promote}, concurrency_limit=NIGHTLY_CONCURRENCY,
             description="Edit the champion on yesterday's production errors; register a "
                         "gated challenger."),
         meta_train_flow.to_deployment(

@@ -25,17 +25,22 @@ import torch
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                            FlowRunFilterStartTime, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.states import Crashed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from monitoring import Collector, open_image_store, open_store
 from monitoring.collector import Collection
 from monitoring.images import ImageIntegrityError
 from registry import VersionInfo, gate_report, load_version, publish_edit, promote, run_url
-from registry import version_by_key
+from registry import fail_orphaned_edit_runs, version_by_key
 from registry.client import first_line
 from registry.mlflow_registry import Registration
 from registry.record import EditRunRecord
@@ -43,7 +48,7 @@ from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
 from vitedit_ops.export import ExportResult, export_onnx
 from vitedit_ops.gate import GateConfig, GateReport, run_gate
 from vitedit_ops.groups import ErrorGroup
-from vitedit_ops.settings import get_settings
+from vitedit_ops.settings import Settings, get_settings
 
 from .combine import Combination, combine
 from .config import EditSettings, idempotency_key
@@ -57,6 +62,7 @@ from .units import Plan, plan_units
 from .reporting import (ALREADY_REGISTERED, FAILED, NO_GROUP_ACCEPTED, NOTHING_TO_EDIT,
                         REGISTERED, NightlyResult, group_rows, publish_artifacts)
 
+FLOW_NAME = "nightly-edit"
 EDIT_LIMIT = "vitedit-edit"
 PROMOTED_BY = "nightly-edit"
 # Errors that another attempt cannot fix: bad input, a blob that failed its hash check, a
@@ -74,8 +80,13 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry
     return True
 
 
+# Read when the flow module is imported (a worker imports it per flow run). Generous: they
+# exist so a hung night or task ends, and so a night older than the flow timeout is known dead.
+_TIMEOUTS = Settings()
+FLOW_TIMEOUT = timedelta(hours=_TIMEOUTS.nightly_timeout_hours)
+TASK_TIMEOUT = {"timeout_seconds": _TIMEOUTS.task_timeout_hours * 3600}
 IO = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient,
-      "cache_policy": NO_CACHE}
+      "cache_policy": NO_CACHE, **TASK_TIMEOUT}
 
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -91,6 +102,43 @@ def collect_errors(model: str, since: datetime, until: datetime,
             max_edit_images=None, min_group_size=1, seed=settings.seed)
     finally:
         store.close()
+
+
+@task(name="fail-orphaned-runs", **IO)
+def fail_orphaned_runs(model: str, tracking_uri: str) -> list[str]:
+    """Edit runs of this model an earlier night left RUNNING (its process died): FAILED now,
+    so the registry shows no run as in progress that nothing will finish."""
+    failed = fail_orphaned_edit_runs(model, FLOW_TIMEOUT, f"nightly flow run {flow_run.id}",
+                                     tracking_uri)
+    if failed:
+        get_run_logger().warning("marked %d orphaned MLflow run(s) FAILED: %s", len(failed),
+                                 ", ".join(failed))
+    return failed
+
+
+@task(name="crash-orphaned-flow-runs", **IO)
+def crash_orphaned_flow_runs() -> list[str]:
+    """Nightly flow runs still RUNNING after the flow timeout: their process died (kill -9, a
+    lost worker) before it could tell the server, so nothing else will end them. CRASHED now,
+    with a message saying why."""
+    cutoff = datetime.now(UTC) - FLOW_TIMEOUT
+    running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    crashed = []
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                flow_run_filter=FlowRunFilter(state=running, start_time=FlowRunFilterStartTime(
+                    before_=cutoff)), limit=200):
+            if str(run.id) == str(flow_run.id):
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=(
+                f"orphaned: RUNNING for more than {FLOW_TIMEOUT} (its process died); marked "
+                f"CRASHED by nightly flow run {flow_run.id}")), force=True)
+            crashed.append(str(run.id))
+    if crashed:
+        get_run_logger().warning("marked %d orphaned flow run(s) CRASHED: %s", len(crashed),
+                                 ", ".join(crashed))
+    return crashed
 
 
 @task(name="pin-champion", **IO)
@@ -130,7 +178,7 @@ def preserved_pool(ref: ChampionRef, since: datetime, limit: int,
         store.close()
 
 
-@task(name="edit-group", cache_policy=NO_CACHE)
+@task(name="edit-group", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: str | None,
          limit: str, preserved: PreservedPool | None) -> GroupOutcome:
     """Edit one group while holding a slot of the shared limit (one per GPU)."""
@@ -144,7 +192,7 @@ def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: 
     return outcome
 
 
-@task(name="retrain", cache_policy=NO_CACHE)
+@task(name="retrain", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: EditSettings,
                       device: str | None, limit: str,
                       preserved: PreservedPool | None) -> GroupOutcome:
@@ -154,19 +202,19 @@ def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: Edit
         return retrain(context, units, settings, device, preserved)
 
 
-@task(name="combine-groups", cache_policy=NO_CACHE)
+@task(name="combine-groups", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def combine_groups(ref: ChampionRef, outcomes: list[GroupOutcome],
                    settings: EditSettings) -> Combination:
     return combine(champion_context(ref), outcomes, settings)
 
 
-@task(name="export-onnx", cache_policy=NO_CACHE)
+@task(name="export-onnx", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def export_candidate(ref: ChampionRef, combination: Combination, workdir: Path) -> ExportResult:
     spec = champion_context(ref).spec
     return export_onnx(combination.model, spec.input_size, workdir / "model.onnx")
 
 
-@task(name="gate", cache_policy=NO_CACHE)
+@task(name="gate", cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResult,
                    config: GateConfig, preserved: PreservedPool | None) -> GateReport:
     """The gate on exactly the ONNX file that will be registered."""
@@ -184,7 +232,7 @@ def gate_candidate(ref: ChampionRef, combination: Combination, onnx: ExportResul
 
 
 @task(name="register-challenger", retries=2, retry_delay_seconds=[5, 20],
-      retry_condition_fn=_transient, cache_policy=NO_CACHE)
+      retry_condition_fn=_transient, cache_policy=NO_CACHE, **TASK_TIMEOUT)
 def register(record: EditRunRecord, tracking_uri: str) -> tuple[Registration, str]:
     """Log and register (idempotent on the record's key); returns the MLflow run's URL."""
     registration = publish_edit(record, tracking_uri)
@@ -233,7 +281,8 @@ class NightPlan:
     edit_slots: int
 
 
-@flow(name="nightly-edit", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4),
+      timeout_seconds=FLOW_TIMEOUT.total_seconds())
 def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
                  edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
                  auto_promote: bool = False, device: str | None = None,
@@ -270,6 +319,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         progress.append(result)
         return result
 
+    _end_orphans(plan)
     collection = collect_errors(plan.model, plan.since, plan.until, plan.settings)
     result = known(replace(progress[-1], collected=collection.summary.to_dict()))
     groups = list(collection.groups)
@@ -322,6 +372,18 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
                            created=registration.created))
     return _finish(plan, result, registration.version, registration.run_id,
                    registration.gate_passed, registration.aliases, fixes)
+
+
+def _end_orphans(plan: NightPlan) -> None:
+    """End the flow and MLflow runs a dead night left RUNNING; best effort: an unreachable
+    server here is worth a warning, never the reason a night fails."""
+    steps = {"flow runs": crash_orphaned_flow_runs,
+             "MLflow runs": lambda: fail_orphaned_runs(plan.model, plan.tracking_uri)}
+    for what, step in steps.items():
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            get_run_logger().warning("orphaned %s not checked: %s", what, first_line(exc))
 
 
 def _edit_all(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],

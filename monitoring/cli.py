@@ -70,6 +70,9 @@ def _ingest(kind: Kind, path: Path, fmt: str | None, store_url: str | None,
     with open_store(store_url) as store:
         report = ingest_file(kind, path, store=store, images=open_image_store(image_store_url),
                              fmt=checked, image_root=image_root, batch_size=batch_size)
+    if report.quarantined and not (report.accepted or report.duplicates):
+        raise InvalidInputError(f"{path}: no record could be stored ({kind}: "
+                                f"{report.summary()}); see the quarantine")
     console.print(f"{kind}: {report.summary()}", highlight=False)
 
 

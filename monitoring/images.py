@@ -8,6 +8,7 @@ refused from its header, before a pixel is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -19,7 +20,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
-from vitedit_ops.errors import InvalidInputError
+from vitedit_ops.errors import InfrastructureError, InvalidInputError
 
 from .validation import Reason, Rejected
 
@@ -97,7 +98,11 @@ class ImageStore:
         self._local = isinstance(self._fs, LocalFileSystem)
         self._uri_root = self._fs.unstrip_protocol(self._root)  # once: fsspec's is slow
         if self._local:
-            os.makedirs(self._root, exist_ok=True)
+            try:
+                os.makedirs(self._root, exist_ok=True)
+            except OSError as exc:
+                raise InfrastructureError(f"image store {self.url} cannot be created: "
+                                          f"{exc}") from exc
 
     def _path(self, sha256: str) -> str:
         return f"{self._root}/{sha256[:2]}/{sha256}"
@@ -123,15 +128,30 @@ class ImageStore:
         if self.exists(digest):
             return digest
         path = self._path(digest)
-        if self._local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+        try:
+            if self._local:
+                self._write_local(path, data)
+            else:
+                self._fs.pipe_file(path, data)
+        except OSError as exc:  # a full disk, permissions, an unreachable bucket
+            raise InfrastructureError(f"image store {self.url} could not store image "
+                                      f"{digest[:12]}: {exc}") from exc
+        return digest
+
+    @staticmethod
+    def _write_local(path: str, data: bytes) -> None:
+        """Write through a temporary file and an atomic rename; a failed write (a full disk)
+        removes its temporary file instead of leaving a 0-byte one behind."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+        try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
-        else:
-            self._fs.pipe_file(path, data)
-        return digest
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def open(self, sha256: str) -> bytes:
         """The blob's bytes, re-hashed: a missing or altered blob raises."""

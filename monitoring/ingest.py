@@ -9,8 +9,8 @@ content-addressed, so a crash between the two leaves at worst an unreferenced bl
 from __future__ import annotations
 
 import csv
-import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -36,12 +36,15 @@ from .validation import (
     Rejected,
     UriPolicy,
     check_class,
+    check_storable_text,
+    loads_strict,
     parse_class_index,
     parse_sha256,
     parse_text,
     parse_timestamp,
     parse_topk,
     require,
+    storable_json,
     utcnow,
 )
 
@@ -51,7 +54,7 @@ PREDICTION_FIELDS = ("id", "ts", "model", "model_version", "model_alias", "image
                      "image_sha256", "predicted_class", "topk", "metadata")
 FEEDBACK_FIELDS = ("prediction_id", "true_class", "source", "ts")
 MAX_METADATA_BYTES = 16_384
-_EXTRA = "\x00extra"
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape keeps them
 
 
 # -- readers ----------------------------------------------------------------------------
@@ -87,9 +90,10 @@ def _read_jsonl(path: Path, origin: str) -> Iterator[RawRecord]:
                                 f"not UTF-8 ({exc.reason})")
                 continue
             try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield RawRecord(where, text, None, f"invalid JSON ({exc.msg})")
+                data = loads_strict(text)
+            except ValueError as exc:
+                yield RawRecord(where, text, None,
+                                f"invalid JSON ({getattr(exc, 'msg', None) or exc})")
                 continue
             if not isinstance(data, dict):
                 yield RawRecord(where, text, None, "a record must be a JSON object")
@@ -97,21 +101,78 @@ def _read_jsonl(path: Path, origin: str) -> Iterator[RawRecord]:
             yield RawRecord(where, text, data)
 
 
+class _Lines:
+    """A text file's lines, remembering the ones the CSV reader consumed for its current row
+    (a quoted field can span lines), so a refused row is kept as it was written."""
+
+    def __init__(self, handle: Iterable[str]) -> None:
+        self._lines = iter(handle)
+        self._taken: list[str] = []
+        self.number = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.number += 1
+        self._taken.append(line)
+        return line
+
+    def take(self) -> tuple[int, str]:
+        """(first line number, text) of the row just read."""
+        first, text = self.number - len(self._taken) + 1, "".join(self._taken)
+        self._taken = []
+        return first, text.rstrip("\r\n")
+
+
 def _read_csv(path: Path, origin: str) -> Iterator[RawRecord]:
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as handle:
-        reader = csv.DictReader(handle, restkey=_EXTRA)
-        for row in reader:
-            where = f"{origin}:{reader.line_num}"
-            buffer = io.StringIO()
-            csv.writer(buffer).writerow([*(v for k, v in row.items() if k != _EXTRA),
-                                         *row.get(_EXTRA, [])])
-            raw = buffer.getvalue().rstrip("\r\n")
-            if _EXTRA in row:
-                yield RawRecord(where, raw, None, "more fields than the header")
-            elif any(value is None for value in row.values()):
-                yield RawRecord(where, raw, None, "fewer fields than the header")
+    """CSV rows as records. A UTF-8 byte-order mark is skipped; bytes that are not UTF-8 are
+    carried as surrogates so their row is refused (like a JSON line), not rewritten to U+FFFD.
+    """
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        lines = _Lines(handle)
+        reader = csv.reader(lines)
+        header: list[str] | None = None
+        while True:
+            try:
+                fields = next(reader)
+                error = None
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                fields, error = [], f"unreadable CSV row ({exc})"
+            number, text = lines.take()
+            if header is None:
+                header = _csv_header(path, fields, error)
+                continue
+            where = f"{origin}:{number}"
+            if _NOT_UTF8.search(text):
+                raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                yield RawRecord(where, raw, None, "not UTF-8")
+            elif error is not None:
+                yield RawRecord(where, text, None, error)
+            elif not fields:
+                continue  # a blank line
+            elif len(fields) != len(header):
+                more = "more" if len(fields) > len(header) else "fewer"
+                yield RawRecord(where, text, None, f"{more} fields than the header")
             else:
-                yield RawRecord(where, raw, {k: v for k, v in row.items() if v != ""})
+                yield RawRecord(where, text, {k: v for k, v in zip(header, fields, strict=True)
+                                              if v != ""})
+
+
+def _csv_header(path: Path, fields: list[str], error: str | None) -> list[str]:
+    """The column names; a header that cannot be read, or names a column twice (which value
+    would count?), makes the whole file unusable."""
+    names = [name.strip() for name in fields]
+    if error is not None or not names or any(_NOT_UTF8.search(n) for n in names):
+        raise InvalidInputError(f"{path}: the CSV header is unreadable"
+                                + (f" ({error})" if error else ""))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidInputError(f"{path}: the CSV header names column(s) {twice} twice")
+    return names
 
 
 # -- prediction records -----------------------------------------------------------------
@@ -119,9 +180,10 @@ def _json_field(value: Any, name: str) -> Any:
     """CSV carries lists and objects as JSON text."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            raise Rejected(Reason.INVALID_FIELD, f"field '{name}' is not valid JSON") from None
+            return loads_strict(value)
+        except ValueError as exc:
+            raise Rejected(Reason.INVALID_FIELD,
+                           f"field '{name}' is not valid JSON ({exc})") from None
     return value
 
 
@@ -138,14 +200,15 @@ def parse_prediction(data: dict[str, Any], *, now: datetime, model_classes: dict
     uri = data.get("image_uri") if image_given else require(data, "image_uri")
     if uri is not None and not isinstance(uri, str):
         raise Rejected(Reason.INVALID_FIELD, "field 'image_uri' must be a string")
-    row["image_uri"] = uri
+    row["image_uri"] = check_storable_text(uri, "image_uri") if uri is not None else None
     sha = data.get("image_sha256")
     row["image_sha256"] = parse_sha256(sha) if sha not in (None, "") else None
     ts = parse_timestamp(require(data, "ts"), now=now, max_skew=max_skew)
     metadata = _json_field(data.get("metadata") or {}, "metadata")
     if not isinstance(metadata, dict):
         raise Rejected(Reason.INVALID_FIELD, "field 'metadata' must be an object")
-    if len(json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
+    metadata = storable_json(metadata, "metadata")
+    if len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
         raise Rejected(Reason.INVALID_FIELD, f"metadata larger than {MAX_METADATA_BYTES} bytes")
     num_classes = model_classes.get(row["model_name"])
     if num_classes is None:
@@ -243,7 +306,10 @@ class Ingestor:
         try:
             declared = row["image_sha256"]
             if record.image is not None:
-                data: bytes | None = record.image
+                if not isinstance(record.image, bytes | bytearray | memoryview):
+                    raise Rejected(Reason.INVALID_FIELD, "image must be bytes, not "
+                                                         f"{type(record.image).__name__}")
+                data: bytes | None = bytes(record.image)
             else:
                 location = self.policy.resolve(row["image_uri"])
                 data = None if declared and self.images.exists(declared) else read_source(

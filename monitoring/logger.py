@@ -4,7 +4,9 @@
 a request; a background thread validates and writes batches (on size, on time, on ``flush()``,
 ``close()`` and interpreter exit). When the queue is full the record is dropped and counted
 rather than blocking the caller: serving latency wins over completeness, and ``stats()`` says
-what was lost.
+what was lost. A write that fails because of the store is retried; one that fails because of
+a record is written again record by record, and the record that fails alone is quarantined,
+so one bad record never holds up the others.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any
 from .images import ImageStore
 from .ingest import Ingestor
 from .records import RawRecord
-from .store import MonitoringStore
-from .validation import UriPolicy, utcnow
+from .store import BatchOutcome, MonitoringStore, unavailable
+from .validation import Reason, Rejected, UriPolicy, utcnow
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[PredictionLogger] = weakref.WeakSet()
@@ -38,7 +40,7 @@ class LoggerStats:
     duplicates: int = 0    # replays of an id already stored with the same content
     quarantined: int = 0   # refused and kept in quarantine
     dropped: int = 0       # refused by log() because the queue was full or the logger closed
-    failed_writes: int = 0  # batch writes that raised (retried)
+    failed_writes: int = 0  # batch writes the store failed (retried)
     lost: int = 0          # records still unwritten when close() gave up
 
 
@@ -92,17 +94,24 @@ class PredictionLogger:
         now = time.monotonic()
         if now - self._last_drop_warning > 60:
             self._last_drop_warning = now
-            log.warning("prediction logger dropped a record (queue full or closed)")
+            log.warning("prediction logger: %d record(s) dropped so far (queue full or logger "
+                        "closed; see stats().dropped)", self.stats().dropped)
         return False
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything logged before this call is written; False on timeout."""
+        """Block until everything logged before this call is stored or quarantined; False on
+        timeout, or, once closed, if close() lost records."""
+        if self._closing.is_set():
+            self._thread.join(timeout)
+            return not self._thread.is_alive() and self.stats().lost == 0
+        deadline = None if timeout is None else time.monotonic() + timeout
         control = _Control(stop=False)
         try:
             self._queue.put(control, timeout=timeout)
         except queue.Full:
             return False
-        return control.done.wait(timeout)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return control.done.wait(left)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is queued (one attempt if the store is failing) and stop the thread."""
@@ -117,6 +126,10 @@ class PredictionLogger:
         self._thread.join(timeout)
         self._ingestor.close()
         _LIVE.discard(self)
+        stats = self.stats()
+        if stats.dropped or stats.lost:
+            log.warning("prediction logger closed: %d record(s) dropped, %d lost (%s)",
+                        stats.dropped, stats.lost, stats)
 
     def stats(self) -> LoggerStats:
         with self._lock:
@@ -174,13 +187,13 @@ class PredictionLogger:
                 items.append(item)
 
     def _write(self, buffer: list[RawRecord]) -> None:
-        """Write the buffer in batches; on failure retry (the queue bounds memory meanwhile),
-        except when closing, where one failed attempt means the rest is lost."""
+        """Write the buffer in batches; when the store fails, retry (the queue bounds memory
+        meanwhile), except when closing, where one failed attempt means the rest is lost."""
         while buffer:
             batch = buffer[:self.batch_size]
             try:
-                outcome = self._ingestor.prediction_batch(batch)
-            except Exception:
+                written = self._write_batch(batch)
+            except Exception:  # noqa: BLE001 - the store failed: retried, never raised
                 log.exception("prediction logger: writing %d records failed", len(batch))
                 self._count(failed_writes=1)
                 if self._closing.is_set():
@@ -189,9 +202,54 @@ class PredictionLogger:
                     return
                 self._closing.wait(self.retry_interval)
                 continue
-            del buffer[:len(batch)]
-            self._count(accepted=outcome.accepted, duplicates=outcome.duplicates,
-                        quarantined=outcome.quarantined)
+            del buffer[:written]
+
+    def _write_batch(self, batch: list[RawRecord]) -> int:
+        """Write one batch; returns how many of its records are done. Raises only when the
+        store failed (``store.unavailable``). Any other failure comes from a record, so the
+        batch is written again one record at a time and a record that fails alone is
+        quarantined with the error."""
+        try:
+            self._add(self._ingestor.prediction_batch(batch))
+            return len(batch)
+        except Exception as exc:  # noqa: BLE001 - sorted: the store's fault or a record's
+            if unavailable(exc):
+                raise
+            log.warning("prediction logger: a batch of %d failed (%s: %s); writing its "
+                        "records one by one", len(batch), type(exc).__name__, exc)
+        for done, record in enumerate(batch):
+            try:
+                self._write_alone(record)
+            except Exception:
+                if done:
+                    return done  # the store failed: the rest is retried with the next batch
+                raise
+        return len(batch)
+
+    def _write_alone(self, record: RawRecord) -> None:
+        """Write one record, quarantining it if it fails on its own; raises only when the
+        store failed."""
+        try:
+            self._add(self._ingestor.prediction_batch([record]))
+            return
+        except Exception as exc:  # noqa: BLE001 - sorted: the store's fault or the record's
+            if unavailable(exc):
+                raise
+            detail = f"could not be stored: {type(exc).__name__}: {exc}"
+        entry = record.reject("prediction", Rejected(Reason.STORE_REFUSED, detail))
+        log.warning("prediction logger: record %r quarantined (%s)", entry.record_id, detail)
+        try:
+            self._add(self._ingestor.store.add_quarantine([entry]))
+        except Exception as exc:  # noqa: BLE001 - the last resort: counted, never silent
+            if unavailable(exc):
+                raise
+            log.exception("prediction logger: record %r could not be quarantined either",
+                          entry.record_id)
+            self._count(lost=1)
+
+    def _add(self, outcome: BatchOutcome) -> None:
+        self._count(accepted=outcome.accepted, duplicates=outcome.duplicates,
+                    quarantined=outcome.quarantined)
 
 
 @atexit.register

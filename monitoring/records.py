@@ -7,6 +7,7 @@ quarantine the same way.
 from __future__ import annotations
 
 import json
+import reprlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from typing import Any
 
 from .store import BatchOutcome, QuarantineEntry
 from .validation import Reason, Rejected
+
+_REPR = reprlib.Repr()  # bounded in depth and size, unlike repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring = 40, 1000, 1000, 16_384
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,12 @@ class RawRecord:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], origin: str,
                      image: bytes | None = None) -> RawRecord:
-        """An in-process record; its raw form is its JSON (image bytes summarised)."""
-        raw = json.dumps(data, default=str, sort_keys=True)
+        """An in-process record; its raw form is its JSON, or its (bounded) repr when it is
+        not JSON (mixed key types, a cycle, deep nesting): validation then says why."""
+        try:
+            raw = json.dumps(data, default=str, sort_keys=True)
+        except (TypeError, ValueError, RecursionError):
+            raw = _REPR.repr(data)
         return cls(origin=origin, raw=raw, data=dict(data), image=image)
 
     def reject(self, kind: str, exc: Rejected) -> QuarantineEntry:

@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from vitedit_ops.errors import InvalidInputError
+from vitedit_ops.errors import InfrastructureError, InvalidInputError
 
 from .schema import EditLedger, Feedback, ModelClasses, Prediction, Quarantine, table_of
-from .validation import Reason, utcnow
+from .validation import MAX_STORED_INT, Reason, utcnow
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "monitoring_alembic_version"
@@ -93,6 +93,49 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store (server, connection, lock, disk) failed rather than the
+    data: such a write may pass later and is retried, never quarantined."""
+    return isinstance(exc, InfrastructureError | sa.exc.OperationalError | sa.exc.InterfaceError
+                      | sa.exc.DisconnectionError | sa.exc.TimeoutError | OSError)
+
+
+def _refused_row(exc: BaseException) -> bool:
+    """Whether the database (or SQLAlchemy binding a value for it) refused the data itself:
+    a value out of a column's range, unserialisable JSON, a constraint. Binding errors come
+    wrapped in a ``StatementError`` or bare (PostgreSQL's multi-row insert path)."""
+    if isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError
+                  | TypeError | ValueError | OverflowError):
+        return True
+    return isinstance(exc, sa.exc.StatementError) and not isinstance(exc, sa.exc.DBAPIError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:500]
+
+
+def storable(text: str | None) -> str | None:
+    """Text a quarantine column can hold whatever was received: NUL (refused by PostgreSQL)
+    kept as the four characters ``\\x00``, lone surrogates as backslash escapes."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@contextmanager
+def _failures_as_infrastructure(engine: Engine) -> Iterator[None]:
+    """A server, connection, lock or disk failure of the database as one
+    ``InfrastructureError`` line (password hidden): the caller retries later or exits 4."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        raise InfrastructureError(
+            f"monitoring store {engine.url.render_as_string(hide_password=True)} failed: "
+            f"{_first_line(exc)}") from exc
+
+
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -109,14 +152,15 @@ class MonitoringStore:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction (a consistent snapshot for the collector's queries)."""
-        with self.engine.connect() as conn, conn.begin():
+        with _failures_as_infrastructure(self.engine), self.engine.connect() as conn, \
+                conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
         so read-then-write batches never fail half-way on a lock upgrade."""
-        with self.engine.connect() as conn:
+        with _failures_as_infrastructure(self.engine), self.engine.connect() as conn:
             conn.execution_options(monitoring_write=True)
             with conn.begin():
                 yield conn
@@ -138,9 +182,10 @@ class MonitoringStore:
     def register_model(self, name: str, num_classes: int,
                        labels: Sequence[str] | None = None) -> None:
         """Declare (or update) the classes a served model predicts; ingest checks against it."""
-        if num_classes < 1 or (labels is not None and len(labels) != num_classes):
-            raise InvalidInputError(
-                f"model {name!r}: need num_classes >= 1 and one label per class")
+        if not 1 <= num_classes <= MAX_STORED_INT or (
+                labels is not None and len(labels) != num_classes):
+            raise InvalidInputError(f"model {name!r}: need 1 <= num_classes <= "
+                                    f"{MAX_STORED_INT} and one label per class")
         table = table_of(ModelClasses)
         values = {"model_name": name, "num_classes": num_classes,
                   "labels": list(labels) if labels is not None else None,
@@ -162,9 +207,10 @@ class MonitoringStore:
     def _quarantine(self, conn: Connection, entries: Iterable[QuarantineEntry],
                     outcome: BatchOutcome) -> None:
         now = utcnow()
-        rows = [{"kind": e.kind, "reason": e.reason, "detail": e.detail[:2000],
-                 "origin": e.origin, "record_id": e.record_id, "raw": e.raw,
-                 "fingerprint": e.fingerprint(), "quarantined_at": now} for e in entries]
+        rows = [{"kind": e.kind, "reason": e.reason, "detail": storable(e.detail[:2000]),
+                 "origin": storable(e.origin), "record_id": storable(e.record_id),
+                 "raw": storable(e.raw), "fingerprint": e.fingerprint(), "quarantined_at": now}
+                for e in entries]
         for entry in rows:
             outcome.reasons[str(entry["reason"])] += 1
         if rows:
@@ -187,13 +233,13 @@ class MonitoringStore:
             for chunk in _chunks(ids):
                 known.update(conn.execute(sa.select(Prediction.id, Prediction.content_hash)
                                           .where(Prediction.id.in_(chunk))).tuples().all())
-            fresh: list[dict[str, Any]] = []
+            fresh: list[StagedRecord] = []
             for record in staged:
                 row = record.row
                 seen = known.get(row["id"])
                 if seen is None:
                     known[row["id"]] = row["content_hash"]
-                    fresh.append(row)
+                    fresh.append(record)
                 elif seen == row["content_hash"]:
                     outcome.duplicates += 1
                 else:
@@ -205,9 +251,11 @@ class MonitoringStore:
                 table = table_of(Prediction)
                 stmt = (self._insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
                         .returning(table.c.id))
-                inserted = len(conn.execute(stmt, fresh).all())
-                outcome.accepted += inserted
-                outcome.duplicates += len(fresh) - inserted  # lost a race to another writer
+                stored, refused = self._insert_rows(conn, stmt, fresh, "prediction", "id")
+                quarantine += refused
+                outcome.accepted += len(stored)
+                # lost a race to another writer
+                outcome.duplicates += len(fresh) - len(refused) - len(stored)
             self._quarantine(conn, quarantine, outcome)
         return outcome
 
@@ -232,7 +280,7 @@ class MonitoringStore:
                         .join(ModelClasses, ModelClasses.model_name == Prediction.model_name)
                         .where(Prediction.id.in_(chunk))):
                     known[pid] = (sha, num)
-            fresh: list[dict[str, Any]] = []
+            fresh: list[StagedRecord] = []
             for record in staged:
                 row = record.row
                 sha, num_classes = known.get(row["prediction_id"], (None, None))
@@ -243,19 +291,47 @@ class MonitoringStore:
                         f"{num_classes} classes", record.origin, record.raw,
                         row["prediction_id"]))
                     continue
-                fresh.append({**row, "image_sha256": sha})
+                fresh.append(StagedRecord({**row, "image_sha256": sha}, record.origin,
+                                          record.raw))
             if fresh:
                 table = table_of(Feedback)
                 stmt = (self._insert(table).on_conflict_do_nothing(
                     index_elements=[table.c.prediction_id, table.c.true_class,
                                     table.c.source])
                         .returning(table.c.prediction_id))
-                inserted = [pid for (pid,) in conn.execute(stmt, fresh).all()]
+                inserted, refused = self._insert_rows(conn, stmt, fresh, "feedback",
+                                                      "prediction_id")
+                quarantine += refused
                 outcome.accepted += len(inserted)
-                outcome.duplicates += len(fresh) - len(inserted)
+                outcome.duplicates += len(fresh) - len(refused) - len(inserted)
                 outcome.pending += sum(1 for pid in inserted if pid not in known)
             self._quarantine(conn, quarantine, outcome)
         return outcome
+
+    def _insert_rows(self, conn: Connection, stmt: Any, records: Sequence[StagedRecord],
+                     kind: str, key: str) -> tuple[list[Any], list[QuarantineEntry]]:
+        """Insert the rows in one statement; if the database refuses it, insert them one by
+        one (each in a savepoint) and return the refused ones as quarantine entries, so one
+        unstorable row costs itself only. Returns (the RETURNING keys, the refused)."""
+        try:
+            with conn.begin_nested():
+                return [k for (k,) in conn.execute(stmt, [r.row for r in records])], []
+        except Exception as exc:  # noqa: BLE001 - sorted below: data refusals vs. the rest
+            if not _refused_row(exc):
+                raise
+        stored: list[Any] = []
+        refused: list[QuarantineEntry] = []
+        for record in records:
+            try:
+                with conn.begin_nested():
+                    stored += [k for (k,) in conn.execute(stmt, [record.row])]
+            except Exception as exc:  # noqa: BLE001 - as above
+                if not _refused_row(exc):
+                    raise
+                refused.append(QuarantineEntry(
+                    kind, Reason.STORE_REFUSED, f"the store refused the row: {_first_line(exc)}",
+                    record.origin, record.raw, str(record.row[key])[:200]))
+        return stored, refused
 
     def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> BatchOutcome:
         """Quarantine records that are not rows of another table (e.g. feedback conflicts)."""
@@ -386,7 +462,11 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     """WAL-mode SQLite; ``?timeout=SECONDS`` in the URL sets how long a writer waits for a lock
     (default 60 s; a nightly job may rather fail fast and retry)."""
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InfrastructureError(f"monitoring store {url.database} cannot be created: "
+                                      f"{exc}") from exc
     timeout = float(url.query.get("timeout", DEFAULT_SQLITE_TIMEOUT))
     engine = sa.create_engine(url.difference_update_query(["timeout"]),
                               connect_args={"timeout": timeout})
@@ -443,15 +523,20 @@ def open_store(url: str | None = None, *, migrate: bool = True) -> MonitoringSto
     if url is None:
         from vitedit_ops.settings import get_settings
         url = get_settings().resolved_store_url()
-    parsed = sa.engine.make_url(normalise_url(url))
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed)
-    else:
-        engine = sa.create_engine(parsed, pool_pre_ping=True)
+    try:
+        parsed = sa.engine.make_url(normalise_url(url))
+        if parsed.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(parsed)
+        else:
+            engine = sa.create_engine(parsed, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise InvalidInputError(f"monitoring store URL is not usable: {exc}") from None
+    store = MonitoringStore(engine)
     try:
         if migrate:
-            _migrate(engine)
+            with _failures_as_infrastructure(engine):
+                _migrate(engine)
     except Exception:
         engine.dispose()
         raise
-    return MonitoringStore(engine)
+    return store

@@ -8,6 +8,7 @@ way.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -39,6 +40,7 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     CONFLICTING_FEEDBACK = "conflicting_feedback"
+    STORE_REFUSED = "store_refused"
 
 
 class Rejected(Exception):
@@ -56,7 +58,36 @@ DEFAULT_ALLOWED_SCHEMES = frozenset({"file", "s3", "gs", "gcs", "az", "abfs", "a
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_ID_LENGTH = 200
 MAX_NAME_LENGTH = 200
+#: Largest value of the store's INTEGER columns (32-bit on PostgreSQL).
+MAX_STORED_INT = 2**31 - 1
+#: Deepest nesting of a JSON field (metadata) kept in the store.
+MAX_JSON_DEPTH = 32
+#: Earliest timestamp accepted: a record claiming to predate 1970 has a broken clock.
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def loads_strict(text: str) -> Any:
+    """Parse JSON text refusing what ``json.loads`` lets through: duplicate keys (the last
+    would silently win), NaN/Infinity, and nesting too deep to parse (a ``RecursionError``
+    otherwise). Every refusal is a ``ValueError``."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def require(record: dict[str, Any], name: str) -> Any:
@@ -67,8 +98,64 @@ def require(record: dict[str, Any], name: str) -> Any:
     return value
 
 
+def plain_scalar(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (serving code passes ``argmax`` results and
+    float32 probabilities); anything else unchanged. Duck-typed: no numpy import here."""
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()
+    return value
+
+
+def check_storable_text(text: str, name: str) -> str:
+    """Refuse text a store column cannot hold: NUL (PostgreSQL text) or lone surrogates
+    (not encodable as UTF-8)."""
+    if "\x00" in text:
+        raise Rejected(Reason.INVALID_FIELD, f"field '{name}' contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(Reason.INVALID_FIELD,
+                       f"field '{name}' contains a lone surrogate (not UTF-8)") from None
+    return text
+
+
+def storable_json(value: Any, name: str, depth: int = 0) -> Any:
+    """``value`` in the form the store's JSON columns hold, or ``Rejected``.
+
+    Strict JSON on every backend (PostgreSQL refuses NaN and infinities, SQLite would store
+    them and hand back something no other JSON reader accepts): string keys, finite numbers,
+    text without NUL, at most ``MAX_JSON_DEPTH`` levels; numpy scalars become Python numbers.
+    """
+    if depth > MAX_JSON_DEPTH:
+        raise Rejected(Reason.INVALID_FIELD, f"field '{name}' is nested deeper than "
+                                             f"{MAX_JSON_DEPTH} levels")
+    value = plain_scalar(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Rejected(Reason.INVALID_FIELD, f"field '{name}' holds {value} (not JSON)")
+        return value
+    if isinstance(value, str):
+        return check_storable_text(value, name)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise Rejected(Reason.INVALID_FIELD,
+                               f"field '{name}' has a {type(key).__name__} key (JSON keys are "
+                               "strings)")
+            out[check_storable_text(key, name)] = storable_json(item, name, depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [storable_json(item, name, depth + 1) for item in value]
+    raise Rejected(Reason.INVALID_FIELD,
+                   f"field '{name}' holds a {type(value).__name__} (not a JSON value)")
+
+
 def parse_text(value: Any, name: str, max_length: int = MAX_NAME_LENGTH) -> str:
     """A short identifier-like string (ids, model names, versions, sources)."""
+    value = plain_scalar(value)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise Rejected(Reason.INVALID_FIELD, f"field '{name}' must be a string")
     text = str(value).strip()
@@ -79,7 +166,9 @@ def parse_text(value: Any, name: str, max_length: int = MAX_NAME_LENGTH) -> str:
 
 
 def parse_class_index(value: Any, name: str) -> int:
-    """A class index: a non-negative int (digit strings accepted, since CSV has no ints)."""
+    """A class index: a non-negative int that fits the store's INTEGER column (digit strings
+    accepted, since CSV has no ints; numpy integers accepted)."""
+    value = plain_scalar(value)
     if isinstance(value, bool):
         raise Rejected(Reason.INVALID_FIELD, f"field '{name}' must be a class index, not a bool")
     if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
@@ -88,6 +177,10 @@ def parse_class_index(value: Any, name: str) -> int:
         value = int(value)
     if not isinstance(value, int) or value < 0:
         raise Rejected(Reason.INVALID_FIELD, f"field '{name}' must be a non-negative integer")
+    if value > MAX_STORED_INT:
+        raise Rejected(Reason.INVALID_FIELD,
+                       f"field '{name}' is {value}, beyond the largest class index "
+                       f"{MAX_STORED_INT} the store holds")
     return value
 
 
@@ -111,7 +204,8 @@ def parse_timestamp(value: Any, *, now: datetime,
     """An aware UTC datetime from ISO 8601 text or epoch seconds; naive text means UTC.
 
     Timestamps further in the future than ``max_skew`` are refused: they would sort after
-    every real record and hide in every ``since`` window.
+    every real record and hide in every ``since`` window; those before 1970 come from a
+    broken clock (year 0001 is what an unset timestamp field serialises to).
     """
     try:
         if isinstance(value, bool):
@@ -133,6 +227,9 @@ def parse_timestamp(value: Any, *, now: datetime,
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     except (ValueError, OverflowError, OSError) as exc:
         raise Rejected(Reason.BAD_TIMESTAMP, f"unparsable timestamp {value!r} ({exc})") from None
+    if ts < EARLIEST_TIMESTAMP:
+        raise Rejected(Reason.BAD_TIMESTAMP,
+                       f"timestamp {ts.isoformat()} is before {EARLIEST_TIMESTAMP.date()}")
     if ts > now + max_skew:
         raise Rejected(Reason.FUTURE_TIMESTAMP,
                        f"timestamp {ts.isoformat()} is in the future (now {now.isoformat()})")
@@ -155,7 +252,7 @@ def parse_topk(value: Any, num_classes: int) -> list[list[float]]:
             raise Rejected(Reason.INVALID_FIELD, "topk entries must be [class, prob] pairs")
         cls = parse_class_index(pair[0], "topk class")
         check_class(cls, num_classes, "topk class")
-        prob = pair[1]
+        prob = plain_scalar(pair[1])
         if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0 <= prob <= 1:
             raise Rejected(Reason.INVALID_FIELD, "topk probabilities must be numbers in [0, 1]")
         out.append([cls, float(prob)])

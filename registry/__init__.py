@@ -25,6 +25,7 @@ _EXPORTS = {
     "run_url": "lookup",
     "promote": "promotion", "rollback": "promotion", "history": "promotion",
     "AliasEvent": "promotion",
+    "fail_orphaned_edit_runs": "runs",
     "VersionInfo": "versions",
     "RegistryError": "errors", "RegistryUnavailableError": "errors",
     "PromotionRefusedError": "errors",

@@ -13,6 +13,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from vitedit_ops.export import INPUT_NAME, OUTPUT_NAME, ExportResult, export_onn
 from vitedit_ops.models import ModelSpec
 
 from . import artifacts, versions
-from .client import Connection, first_line, translate_errors
+from .client import Connection, connect, experiment_id, first_line, translate_errors
 from .errors import RegistryError
 from .promotion import current_user
 
@@ -84,6 +85,31 @@ def create_run(conn: Connection, experiment_id: str, run_name: str,
                                      tags={**context_tags(), **tags,
                                            versions.LOGGED: "in-progress"})
     return run.info.run_id
+
+
+def fail_orphaned_edit_runs(registered_model: str, older_than: timedelta, marked_by: str,
+                            tracking_uri: str | None = None) -> list[str]:
+    """Mark FAILED the model's edit runs still RUNNING after ``older_than`` (the longest a
+    night may last): their process died mid-logging (a crash, kill -9, the server gone) and
+    nothing will finish them. Each gets a ``vitedit.error`` tag saying so and who marked it;
+    they were never marked logged, so nothing registers them either way. Returns their ids.
+    """
+    conn = connect(tracking_uri)
+    exp = experiment_id(conn, versions.check_safe(registered_model, "registered model name"))
+    cutoff_ms = int((time.time() - older_than.total_seconds()) * 1000)
+    with translate_errors("search orphaned runs"):
+        runs = conn.client.search_runs(
+            [exp], f"attributes.status = 'RUNNING' and attributes.start_time < {cutoff_ms} and "
+                   f"tags.`{versions.KIND}` = 'edit'", max_results=1000)
+    failed = []
+    for run in runs:
+        note = (f"orphaned: RUNNING for more than {older_than} (its process died "
+                f"before it finished logging); marked FAILED by {marked_by}")
+        with translate_errors(f"mark orphaned run {run.info.run_id} failed"):
+            conn.client.set_tag(run.info.run_id, versions.ERROR, note)
+            conn.client.set_terminated(run.info.run_id, "FAILED")
+        failed.append(run.info.run_id)
+    return failed
 
 
 def logged_run(conn: Connection, experiment_id: str, key: str) -> str | None:

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     serve_batch_window_ms: float = Field(5.0, ge=0, description="How long `vitedit-ops serve` "
                                          "waits for more requests to join a batch.")
     seed: int = 0
+    nightly_timeout_hours: float = Field(
+        6.0, gt=0, description="A nightly run taking longer fails (flow timeout); MLflow edit "
+        "runs RUNNING longer than this are orphans of a dead night and marked FAILED.")
+    task_timeout_hours: float = Field(
+        2.0, gt=0, description="Timeout of each task of the nightly flow (collect, edit, "
+        "gate, register, ...).")
 
     @cached_property
     def reference_dir(self) -> Path:

@@ -3,6 +3,10 @@ for every kind of bad input."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,3 +93,22 @@ def test_meta_train_command_writes_a_hypernetwork(workspace, capsys):
                      "--batch-size", 2, "--out", tmp / "hn"], capsys)
     assert code == 0, out
     assert (tmp / "hn" / "hypernet.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", [
+    ["edit", "{img}", "--label", "1"], ["meta-train", "--images", "{dir}"],
+    ["suite", "build", "--images", "{dir}", "--out", "{dir}/suite"],
+    ["export", "--out", "{dir}/m.onnx"], ["register-base", "--suite", "{dir}", "--model", "m"],
+])
+def test_a_missing_checkpoint_is_named_with_exit_2_by_the_real_command(workspace, command):
+    """Through the installed entry point in its own process, as a scheduler runs it."""
+    tmp, _ckpt, images = workspace
+    missing = tmp / "elsewhere" / "gone.safetensors"  # no model config beside it either
+    args = [a.replace("{img}", str(images[0])).replace("{dir}", str(tmp)) for a in command]
+    done = subprocess.run(
+        [sys.executable, "-c", "from vitedit_ops.cli import main; main()", *args,
+         "--checkpoint", str(missing)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "VITEDIT_HOME": str(tmp / "home")})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert f"checkpoint {missing} does not exist" in lines[0]

@@ -225,8 +225,9 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     client gives up on a dead server without its own backoff."""
     import flows.nightly as nightly
 
-    for name in ("collect_errors", "pin_champion", "find_registered", "register",
-                 "record_ledger", "promote_challenger"):
+    for name in ("crash_orphaned_flow_runs", "fail_orphaned_runs", "collect_errors",
+                 "pin_champion", "find_registered", "register", "record_ledger",
+                 "promote_challenger"):
         monkeypatch.setattr(nightly, name,
                             getattr(nightly, name).with_options(retry_delay_seconds=0))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

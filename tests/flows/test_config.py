@@ -34,3 +34,32 @@ def test_another_editor_drops_the_product_options_it_does_not_take():
     settings = EditSettings(method="lora", subpopulations=False)
     assert not settings.uses_preserved
     assert settings.editor_options()["null_space_energy"] == PRODUCT.get("null_space_energy")
+
+
+@pytest.mark.parametrize("env, flow_seconds, task_seconds", [
+    ({}, 6 * 3600, 2 * 3600),
+    ({"VITEDIT_NIGHTLY_TIMEOUT_HOURS": "10", "VITEDIT_TASK_TIMEOUT_HOURS": "0.5"}, 36000, 1800),
+])
+def test_the_nightly_flow_and_every_task_of_it_have_a_timeout_from_the_settings(
+        env, flow_seconds, task_seconds, tmp_path):
+    """Read when a worker imports the flow, so checked in a fresh process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import json
+from prefect import Task
+import flows.nightly as nightly
+tasks = {t.name: t.timeout_seconds for t in vars(nightly).values() if isinstance(t, Task)}
+print(json.dumps({"flow": nightly.nightly_edit.timeout_seconds, "tasks": tasks}))
+"""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VITEDIT_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env={**clean, **env, "VITEDIT_HOME": str(tmp_path),
+                                            "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["flow"] == flow_seconds
+    assert len(found["tasks"]) >= 12 and set(found["tasks"].values()) == {task_seconds}

@@ -34,6 +34,30 @@ def test_prefect_yaml_schedules_the_nightly_deployment_at_two_utc():
     assert deployments["nightly-dask"]["entrypoint"] == "flows/scaling.py:nightly_edit_dask"
     assert not any(s["active"] for name in ("nightly-gpu", "nightly-dask")
                    for s in deployments[name]["schedules"])
+    # one night at a time, whichever variant runs
+    assert all(deployments[name]["concurrency_limit"] == 1
+               for name in ("nightly", "nightly-gpu", "nightly-dask"))
+
+
+def test_two_nights_of_the_deployment_never_run_at_once(prefect_test_api):
+    """The served deployment on a real Prefect server: while one night is running, the
+    server answers the next night's start with 'wait for a slot'."""
+    from prefect import get_client
+    from prefect.states import Pending, Running
+
+    from flows.deploy import deployments
+
+    [nightly] = [d for d in deployments() if d.name == "nightly"]
+    deployment_id = nightly.apply()
+    with get_client(sync_client=True) as client:
+        first, second = (client.create_flow_run_from_deployment(deployment_id)
+                         for _ in range(2))
+        assert client.set_flow_run_state(first.id, Pending()).status.value == "ACCEPT"
+        client.set_flow_run_state(first.id, Running())
+        answer = client.set_flow_run_state(second.id, Pending())
+        assert answer.status.value != "ACCEPT"
+        assert client.read_flow_run(second.id).state.name == "AwaitingConcurrencySlot"
+        client.delete_deployment(deployment_id)
 
 
 @pytest.mark.slow

@@ -16,11 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.edits import ERROR
-from flows.reporting import ALREADY_REGISTERED, GATE_ARTIFACT, REGISTERED
+from flows.reporting import ALREADY_REGISTERED, GATE_ARTIFACT, NOTHING_TO_EDIT, REGISTERED
 from monitoring import Collector, open_image_store, open_store
 from registry import versions
 from registry.errors import RegistryError
 
+from ..helpers.mlflow_runs import run_left_running
 from ..helpers.servers import kill_group, wait_for
 from .flows_testlib import (LAX_EDIT, LAX_GATE, TcpProxy, hold_write_lock,
                             mlflow_runs_in_progress)
@@ -205,3 +206,32 @@ def test_a_run_killed_mid_flight_and_started_again_yields_one_challenger(night, 
         [MlflowClient(tracking_uri).get_experiment_by_name(f"vitedit-{n.name}").experiment_id],
         f"tags.`{versions.LOGGED}` = 'in-progress'")
     assert len(killed) == 1 and killed[0].info.run_id != result.run_id
+
+
+def test_a_night_first_ends_the_runs_a_dead_night_left_running(night, tracking_uri,
+                                                              monkeypatch):
+    """A night killed mid-logging leaves its MLflow run RUNNING (made for real by a killed
+    process) and its flow run RUNNING on the server (what the server holds once the process
+    is gone); the next night marks both ended, saying why, once they are older than a night
+    may last (here: at once)."""
+    from prefect import get_client
+    from prefect.states import Running
+
+    import flows.nightly
+
+    n = night(serve=False)
+    orphan = run_left_running(tracking_uri, n.name)
+    with get_client(sync_client=True) as client:
+        dead_night = client.create_flow_run(flows.nightly.nightly_edit, state=Running()).id
+    monkeypatch.setattr(flows.nightly, "FLOW_TIMEOUT", timedelta(0))
+    result = n.run()
+    assert result.status == NOTHING_TO_EDIT
+    run = MlflowClient(tracking_uri).get_run(orphan)
+    assert run.info.status == "FAILED"
+    assert f"marked FAILED by nightly flow run {result.flow_run_id}" in run.data.tags[
+        versions.ERROR]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(dead_night).state
+        assert state.is_crashed(), state
+        assert f"marked CRASHED by nightly flow run {result.flow_run_id}" in state.message
+        assert client.read_flow_run(result.flow_run_id).state.is_completed()

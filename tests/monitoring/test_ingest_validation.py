@@ -10,13 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import numpy as np
+
 from monitoring.validation import (
+    MAX_JSON_DEPTH,
     Reason,
     Rejected,
     UriPolicy,
+    loads_strict,
     parse_class_index,
+    parse_text,
     parse_timestamp,
     parse_topk,
+    storable_json,
 )
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -34,7 +40,8 @@ def test_timestamps_parse_to_aware_utc(value: object, expected: datetime) -> Non
 
 
 @pytest.mark.parametrize("value", ["yesterday", "2026-13-01T00:00:00Z", "", True, [1], 1e300,
-                                   float("nan")])
+                                   float("nan"), "0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z",
+                                   -1])
 def test_unparsable_timestamps_are_rejected(value: object) -> None:
     with pytest.raises(Rejected) as info:
         parse_timestamp(value, now=NOW)
@@ -55,11 +62,47 @@ def test_iso_and_epoch_forms_agree(ts: datetime) -> None:
     assert abs(parse_timestamp(ts.timestamp(), now=NOW) - ts) < timedelta(microseconds=2)
 
 
-@pytest.mark.parametrize("value", [-1, "x", True, 1.5, None, "1e3"])
+@pytest.mark.parametrize("value", [-1, "x", True, 1.5, None, "1e3", 3e9, 2**31, "2147483648"])
 def test_class_index_must_be_a_non_negative_int(value: object) -> None:
     with pytest.raises(Rejected) as info:
         parse_class_index(value, "predicted_class")
     assert info.value.reason == Reason.INVALID_FIELD
+
+
+def test_numpy_scalars_become_python_numbers() -> None:
+    index = parse_class_index(np.int64(7), "c")
+    assert index == 7 and type(index) is int
+    assert parse_topk([[np.int64(3), np.float32(0.5)]], 10) == [[3, 0.5]]
+    assert parse_text(np.int64(3), "model_version") == "3"
+    stored = storable_json({"p": np.float32(0.25), "n": [np.int32(2)]}, "metadata")
+    assert stored == {"p": 0.25, "n": [2]} and type(stored["p"]) is float
+
+
+@pytest.mark.parametrize("value", [
+    {"p": float("nan")}, {"p": [float("inf")]}, {"p": np.float32("nan")}, {"t": "a\x00b"},
+    {"a\x00": 1}, {1: "int key"}, {"s": {1, 2}}, {"t": "\ud800"}, {"o": object()},
+])
+def test_values_the_store_cannot_keep_as_json_are_refused(value: object) -> None:
+    with pytest.raises(Rejected) as info:
+        storable_json(value, "metadata")
+    assert info.value.reason == Reason.INVALID_FIELD
+
+
+def test_json_nested_beyond_the_limit_is_refused() -> None:
+    nested: object = 1
+    for _ in range(MAX_JSON_DEPTH + 1):
+        nested = [nested]
+    with pytest.raises(Rejected):
+        storable_json({"deep": nested}, "metadata")
+
+
+@pytest.mark.parametrize("text, error", [
+    ('{"a": 1, "a": 2}', "duplicate key 'a'"), ('{"a": NaN}', "NaN is not JSON"),
+    ('{"a": -Infinity}', "-Infinity is not JSON"), ("[" * 100_000 + "]" * 100_000, "nested"),
+])
+def test_strict_json_refuses_what_json_loads_lets_through(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        loads_strict(text)
 
 
 def test_topk_accepts_pairs_and_mappings_and_sorts() -> None:

@@ -13,6 +13,8 @@ from registry.promotion import promote
 from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.export import ExportResult
 
+from ..helpers.mlflow_runs import run_left_running
+
 
 def _versions(uri, name):
     return MlflowClient(uri).search_model_versions(f"name = '{name}'")
@@ -95,3 +97,30 @@ def test_record_with_missing_suite_dir_is_refused_before_any_upload(embedded_uri
     with pytest.raises(InvalidInputError, match="suite directory"):
         publish_edit(record, embedded_uri)
     assert MlflowClient(embedded_uri).get_experiment_by_name(f"vitedit-{model_name}") is None
+
+
+
+def test_edit_runs_left_running_by_a_killed_process_are_marked_failed(embedded_uri,
+                                                                       model_name):
+    from datetime import timedelta
+
+    from registry import fail_orphaned_edit_runs
+
+    client = MlflowClient(embedded_uri)
+    orphan = run_left_running(embedded_uri, model_name)
+    base_run = run_left_running(embedded_uri, model_name, kind="base")
+    assert client.get_run(orphan).info.status == "RUNNING"
+
+    # younger than the night's timeout: may still be a live night, left alone
+    assert fail_orphaned_edit_runs(model_name, timedelta(hours=1), "test", embedded_uri) == []
+    assert client.get_run(orphan).info.status == "RUNNING"
+
+    assert fail_orphaned_edit_runs(model_name, timedelta(0), "nightly flow run X",
+                                   embedded_uri) == [orphan]
+    run = client.get_run(orphan)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[versions.ERROR].startswith("orphaned: RUNNING for more than")
+    assert "marked FAILED by nightly flow run X" in run.data.tags[versions.ERROR]
+    assert run.data.tags[versions.LOGGED] == "in-progress"  # still never registrable
+    assert client.get_run(base_run).info.status == "RUNNING"  # not a night's run: not ours
+    assert fail_orphaned_edit_runs(model_name, timedelta(0), "test", embedded_uri) == []
