@@ -178,7 +178,9 @@ def preserved_pool(ref: ChampionRef, since: datetime, limit: int,
         store.close()
 
 
-@task(name="edit-group", cache_policy=NO_CACHE, **TASK_TIMEOUT)
+# the submitted tasks (edit-group, retrain) run in the task runner's worker threads, which a
+# task timeout cannot interrupt (Prefect only warns): the flow's timeout bounds them
+@task(name="edit-group", cache_policy=NO_CACHE)
 def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: str | None,
          limit: str, preserved: PreservedPool | None) -> GroupOutcome:
     """Edit one group while holding a slot of the shared limit (one per GPU)."""
@@ -192,7 +194,7 @@ def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: 
     return outcome
 
 
-@task(name="retrain", cache_policy=NO_CACHE, **TASK_TIMEOUT)
+@task(name="retrain", cache_policy=NO_CACHE)
 def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: EditSettings,
                       device: str | None, limit: str,
                       preserved: PreservedPool | None) -> GroupOutcome:

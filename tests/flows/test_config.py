@@ -40,7 +40,7 @@ def test_another_editor_drops_the_product_options_it_does_not_take():
     ({}, 6 * 3600, 2 * 3600),
     ({"VITEDIT_NIGHTLY_TIMEOUT_HOURS": "10", "VITEDIT_TASK_TIMEOUT_HOURS": "0.5"}, 36000, 1800),
 ])
-def test_the_nightly_flow_and_every_task_of_it_have_a_timeout_from_the_settings(
+def test_the_nightly_flow_and_its_tasks_have_a_timeout_from_the_settings(
         env, flow_seconds, task_seconds, tmp_path):
     """Read when a worker imports the flow, so checked in a fresh process."""
     import json
@@ -62,4 +62,9 @@ print(json.dumps({"flow": nightly.nightly_edit.timeout_seconds, "tasks": tasks})
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["flow"] == flow_seconds
-    assert len(found["tasks"]) >= 12 and set(found["tasks"].values()) == {task_seconds}
+    # the submitted per-unit tasks run in worker threads, which no task timeout interrupts:
+    # the flow's timeout bounds them
+    threaded = {"edit-group", "retrain"}
+    assert {n for n, t in found["tasks"].items() if t is None} == threaded
+    timed = {n: t for n, t in found["tasks"].items() if n not in threaded}
+    assert len(timed) >= 10 and set(timed.values()) == {task_seconds}
