@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -159,15 +160,7 @@ class Patch:
     @classmethod
     def load(cls, path: str | Path) -> Patch:
         path = Path(path)
-        try:
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as exc:
-            raise VitEditError(f"patch {path} is unreadable: {exc}") from exc
-        if header.get("format") != PATCH_FORMAT:
-            raise VitEditError(f"{path} is not a vitedit patch (format {header.get('format')!r})")
+        header, tensors = read_patch_file(path, PATCH_FORMAT, "vitedit patch")
         entries = [PatchEntry(param=spec["param"], kind=spec["kind"],
                               before=tensors[f"{i}.before"], after=tensors[f"{i}.after"],
                               index=tensors.get(f"{i}.index"))
@@ -191,3 +184,18 @@ def revert_stack(model: nn.Module, patches: Sequence[Patch]) -> None:
     """Revert patches in reverse order of application."""
     for patch in reversed(list(patches)):
         patch.revert(model)
+
+
+def read_patch_file(path: Path, expected_format: str, what: str
+                    ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The header and tensors of a patch file of ``expected_format`` (plain, scoped and side
+    patches share this): one clear error for an unreadable file or another format."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise VitEditError(f"{what} {path} is unreadable: {exc}") from exc
+    if header.get("format") != expected_format:
+        raise VitEditError(f"{path} is not a {what} (format {header.get('format')!r})")
+    return header, tensors

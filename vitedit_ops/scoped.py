@@ -22,10 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .errors import IncompatibleBaseError, PatchConflictError, VitEditError
+from .patch import read_patch_file
 from .scope import Scope
 
 SCOPED_FORMAT = "vitedit-scoped-patch/1"
@@ -186,17 +187,10 @@ class ScopedPatch(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> ScopedPatch:
         path = Path(path)
+        header, tensors = read_patch_file(path, SCOPED_FORMAT, "scoped patch")
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-            tensors = load_file(str(path))
-            if header.get("format") != SCOPED_FORMAT:
-                raise VitEditError(f"{path} is not a scoped patch (format "
-                                   f"{header.get('format')!r})")
             patch = cls.empty(json.loads(header["layout"]))
             patch.load_state_dict(tensors, strict=True)
-        except VitEditError:
-            raise
         except Exception as exc:
             raise VitEditError(f"scoped patch {path} is unreadable: {exc}") from exc
         return patch

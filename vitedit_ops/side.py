@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .errors import PatchConflictError, VitEditError
+from .errors import PatchConflictError
+from .patch import read_patch_file
 from .registries import Registry
 
 SIDE_FORMAT = "vitedit-side-patch/1"
@@ -257,14 +257,7 @@ class SidePatch:
     @classmethod
     def load(cls, path: str | Path) -> SidePatch:
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as exc:
-            raise VitEditError(f"side patch {path} is unreadable: {exc}") from exc
-        if header.get("format") != SIDE_FORMAT:
-            raise VitEditError(f"{path} is not a side patch (format {header.get('format')!r})")
+        header, tensors = read_patch_file(path, SIDE_FORMAT, "side patch")
         kind = header["kind"]
 
         def state(prefix: str, layout: dict[str, Any] | None) -> SideState | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import InvalidInputError
@@ -139,3 +140,18 @@ def saved_default_window(checkpoint: str | Path) -> tuple[int, int] | None:
         return None
     start, end = json.loads(path.read_text())["window"]
     return int(start), int(end)
+
+
+@torch.no_grad()
+def module_inputs(model: nn.Module, module: nn.Module, images: torch.Tensor,
+                  batch_size: int = 128) -> torch.Tensor:
+    """What ``module`` receives (its first argument) when ``model`` runs on ``images``, in
+    batches: the readings the locate-then-edit editors take (fc1 activations, FFN inputs)."""
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    try:
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size])
+    finally:
+        handle.remove()
+    return torch.cat(captured)

@@ -36,7 +36,7 @@ from ..errors import InvalidInputError
 from ..scope import prefix_tokens
 from ..side import (SideModule, SidePatch, SideState, plain_fingerprint, register_side_module,
                     state_of, swapped_in)
-from ..sites import EditWindow, FFNSite, edit_window
+from ..sites import EditWindow, FFNSite, edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, SideTraining, frozen, optimize_window,
                    register_editor, validate_edit_inputs)
 
@@ -132,14 +132,8 @@ class TrainableCodebook(SideTraining):
 def layer_reading(model: nn.Module, site: FFNSite, images: torch.Tensor, prefix: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(keys, outputs) of ``fc2`` for each image, token-averaged, from the plain layer."""
-    captured: list[torch.Tensor] = []
     fc2 = site.fc2(model)
-    handle = fc2.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-    try:
-        model(images)
-    finally:
-        handle.remove()
-    hidden = captured[-1]
+    hidden = module_inputs(model, fc2, images)
     return token_mean(hidden, prefix), token_mean(F.linear(hidden, fc2.weight, fc2.bias), prefix)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from ..delta import MatrixDelta
 from ..errors import InvalidInputError
 from ..scope import prefix_tokens
-from ..sites import EditWindow, FFNSite, edit_window
+from ..sites import EditWindow, FFNSite, edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, frozen, register_editor,
                    validate_edit_inputs, window_edit)
 from .grace import pick_site, token_mean
@@ -52,19 +52,10 @@ class RankOneDelta(MatrixDelta):
         return self.value[:, None] * self.direction[None]
 
 
-@torch.no_grad()
 def fc2_inputs(model: nn.Module, site: FFNSite, images: torch.Tensor, batch_size: int = 128
                ) -> torch.Tensor:
     """``fc2``'s input (the ``fc1`` activation) for every token: (N, ..., tokens, hidden)."""
-    captured: list[torch.Tensor] = []
-    handle = site.fc2(model).register_forward_hook(
-        lambda _m, args, _out: captured.append(args[0]))
-    try:
-        for i in range(0, len(images), batch_size):
-            model(images[i:i + batch_size])
-    finally:
-        handle.remove()
-    return torch.cat(captured)
+    return module_inputs(model, site.fc2(model), images, batch_size)
 
 
 def rome_direction(key: torch.Tensor, pool_keys: torch.Tensor, ridge: float) -> torch.Tensor:

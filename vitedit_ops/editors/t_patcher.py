@@ -35,7 +35,7 @@ from ..errors import InvalidInputError
 from ..scope import prefix_tokens
 from ..side import (SideModule, SidePatch, SideState, plain_fingerprint, register_side_module,
                     state_of, swapped_in)
-from ..sites import EditWindow, FFNSite, edit_window
+from ..sites import EditWindow, FFNSite, edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, SideTraining, frozen, optimize_window,
                    register_editor, validate_edit_inputs)
 from .grace import token_mean
@@ -125,19 +125,11 @@ def classifier_token(hidden: torch.Tensor, model: nn.Module, prefix: int) -> tor
     return token_mean(hidden, prefix)
 
 
-@torch.no_grad()
 def ffn_inputs(model: nn.Module, site: FFNSite, images: torch.Tensor, batch_size: int = 128
                ) -> torch.Tensor:
     """The FFN input of every token of ``images``: (N, ..., tokens, D)."""
-    captured: list[torch.Tensor] = []
-    mlp = model.get_submodule(f"{site.block_path}.mlp")
-    handle = mlp.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-    try:
-        for i in range(0, len(images), batch_size):
-            model(images[i:i + batch_size])
-    finally:
-        handle.remove()
-    return torch.cat(captured)
+    return module_inputs(model, model.get_submodule(f"{site.block_path}.mlp"), images,
+                         batch_size)
 
 
 def initial_neurons(edit_keys: torch.Tensor, memory: torch.Tensor, count: int, margin: float,
