@@ -208,6 +208,41 @@ def test_a_run_killed_mid_flight_and_started_again_yields_one_challenger(night, 
     assert len(killed) == 1 and killed[0].info.run_id != result.run_id
 
 
+def test_a_flow_run_the_server_refuses_to_end_does_not_keep_the_others_running(
+        night, monkeypatch):
+    """One orphan whose state change the server refuses (a fault the test server will not
+    make on demand: injected, for whichever orphan comes first, on every attempt) leaves that
+    one RUNNING, not the others, and the night goes on."""
+    from prefect import get_client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.states import Running
+
+    import flows.nightly
+
+    n = night(serve=False)
+    with get_client(sync_client=True) as client:
+        dead = {client.create_flow_run(flows.nightly.nightly_edit, state=Running()).id
+                for _ in range(2)}
+    monkeypatch.setattr(flows.nightly, "FLOW_TIMEOUT", timedelta(0))
+    original, refused = SyncPrefectClient.set_flow_run_state, []
+
+    def refuse_the_first(self, flow_run_id, state, **kwargs):
+        if flow_run_id in dead and (not refused or refused[0] == flow_run_id):
+            refused.append(flow_run_id)
+            raise RuntimeError("injected: the server refused this state change")
+        return original(self, flow_run_id, state, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "set_flow_run_state", refuse_the_first)
+    result = n.run()
+    assert result.status == NOTHING_TO_EDIT  # the night went on
+    assert len(refused) == 3  # first try and both retries, each time the same run
+    with get_client(sync_client=True) as client:
+        states = {run: client.read_flow_run(run).state for run in dead}
+    assert states[refused[0]].is_running()
+    other, = dead - {refused[0]}
+    assert states[other].is_crashed()
+
+
 def test_a_night_first_ends_the_runs_a_dead_night_left_running(night, tracking_uri,
                                                               monkeypatch):
     """A night killed mid-logging leaves its MLflow run RUNNING (made for real by a killed
