@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from vitedit_ops.export import ExportResult
-from vitedit_ops.models import ModelSpec, fingerprint, load_model
+from vitedit_ops.models import ModelDescription, ModelSpec, fingerprint, load_model
 from vitedit_ops.settings import get_settings
 
 from . import artifacts, description, versions
@@ -32,7 +32,8 @@ def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | Non
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir() or not any(p.is_file() for p in suite_dir.rglob("*")):
         raise RegistryError(f"suite {suite_dir} is not a directory with files")
-    model, spec = load_model(checkpoint, spec)
+    model, spec = (spec.load(checkpoint) if isinstance(spec, ModelDescription)
+                   else load_model(checkpoint, spec))
     weights_fp = fingerprint(model)
     suite_hash = artifacts.directory_sha256(suite_dir)
     key = f"base-{weights_fp[:32]}-{suite_hash[:32]}"
