@@ -34,9 +34,19 @@ def register(checkpoint: str, suite_dir: str, name: str) -> str:
 def build_suite_flow(checkpoint: str, images: str, out: str, register_as: str | None = None,
                      sensitive_margin: float = DEFAULT_SENSITIVE_MARGIN,
                      sensitive_min: int = DEFAULT_SENSITIVE_MIN) -> dict[str, Any]:
-    """Build the suite of the base model at ``checkpoint`` from an image folder (class
-    subfolders give labels) into ``out``; with ``register_as``, register the base under that
-    name with the suite. Returns the suite's summary (and the registered version)."""
+    """Build a base model's locality suite from an image folder; optionally register the base
+    with it. Returns the suite's summary (and the registered version).
+
+    Args:
+        checkpoint: Base model weights, with its model config beside them (ours or timm's
+            config.json).
+        images: Image folder; class subfolders give labels.
+        out: New suite directory (must not exist).
+        register_as: Register the base under this model name with the suite (version 1,
+            champion).
+        sensitive_margin: Top-2 margin below which an image is in the sensitive subset.
+        sensitive_min: Least number of sensitive images (the smallest margins).
+    """
     summary = write_suite(checkpoint, images, out, sensitive_margin, sensitive_min)
     if register_as:
         summary["registered_version"] = register(checkpoint, out, register_as)
