@@ -209,7 +209,12 @@ def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: Edit
     """The retraining peer's one candidate, holding a slot of the shared limit."""
     context = champion_context(ref)
     with concurrency(limit, occupy=1, strict=True):
-        return retrain(context, units, settings, device, preserved)
+        outcome = retrain(context, units, settings, device, preserved)
+    e = outcome.edit
+    get_run_logger().info("retrained on %d unit(s) (%d edit / %d held-out images): %s in %d "
+                          "steps%s", len(units), e.num_edit_images, e.num_heldout_images,
+                          e.outcome, e.steps, f"; {e.note}" if e.note else "")
+    return outcome
 
 
 @task(name="combine-groups", cache_policy=NO_CACHE, **TASK_TIMEOUT)
@@ -414,8 +419,10 @@ def _edit_all(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],
     outcomes = []
     for unit, future in futures:
         outcome = _value_or_error(future)
-        outcomes.append(outcome if isinstance(outcome, GroupOutcome)
-                        else GroupOutcome.failed(unit, str(outcome)))
+        if not isinstance(outcome, GroupOutcome):  # its task logged no line of its own
+            get_run_logger().warning("group %s: edit raised: %s", unit.key, outcome)
+            outcome = GroupOutcome.failed(unit, str(outcome))
+        outcomes.append(outcome)
     return outcomes
 
 
