@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+QUIET_LIBRARIES = ("mlflow",)  # its INFO lines ("Creating initial MLflow database tables")
 
 
 class _Console(logging.Filter):
@@ -50,8 +51,14 @@ def flow_console(verbose: bool = False, debug: bool = False) -> Iterator[None]:
     handlers = _console_handlers()
     for handler in handlers:
         handler.addFilter(console)
+    libraries = {name: logging.getLogger(name).level for name in QUIET_LIBRARIES}
+    if not verbose:
+        for name in libraries:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         yield
     finally:
         for handler in handlers:
             handler.removeFilter(console)
+        for name, level in libraries.items():
+            logging.getLogger(name).setLevel(level)
