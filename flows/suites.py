@@ -36,7 +36,7 @@ def build_suite_flow(checkpoint: str, images: str, out: str, register_as: str | 
                      sensitive_min: int = DEFAULT_SENSITIVE_MIN, arch: str | None = None,
                      model_kwargs: dict[str, Any] = {},  # noqa: B006 - shown in the form
                      data_config: dict[str, Any] = {},  # noqa: B006
-                     model_config: str | None = None) -> dict[str, Any]:
+                     spec_file: str | None = None) -> dict[str, Any]:
     """Build a base model's locality suite from an image folder; optionally register the base
     with it. Returns the suite's summary (and the registered version).
 
@@ -53,10 +53,10 @@ def build_suite_flow(checkpoint: str, images: str, out: str, register_as: str | 
         model_kwargs: Constructor keyword arguments with ``arch`` (e.g. img_size).
         data_config: Data config the model was trained with (mean, std, input_size,
             interpolation, crop_pct, crop_mode); overrides the config's.
-        model_config: Model description JSON (ours, timm's config.json or a class-key JSON)
+        spec_file: Model description JSON (ours, timm's config.json or a class-key JSON)
             instead of the one beside the checkpoint.
     """
-    described = ModelDescription(config=model_config, architecture=arch,
+    described = ModelDescription(config=spec_file, architecture=arch,
                                  model_kwargs=model_kwargs, data_config=data_config)
     summary = write_suite(checkpoint, described, images, out, sensitive_margin,
                           sensitive_min)
