@@ -51,7 +51,7 @@ def download_served(info: VersionInfo, dst: str | Path,
         raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
     with translate_errors(f"download the spec of {info.name} v{info.version}"):
         spec_file = client.download_artifacts(info.run_id, artifacts.SPEC, str(dst))
-    return dst / "onnx" / ONNX_FILE, ModelSpec.load(spec_file)
+    return dst / "onnx" / Path(ONNX_FILE).name, ModelSpec.load(spec_file)
 
 
 def _load_weights(conn: Connection, info: VersionInfo) -> tuple[nn.Module, ModelSpec]:

@@ -32,7 +32,7 @@ from .errors import PromotionRefusedError, RegistryError
 from .versions import CHALLENGER, CHAMPION, VersionInfo
 
 REGISTER_BASE, PROMOTE, ROLLBACK = "register-base", "promote", "rollback"
-ONNX_FILE = "model.onnx"  # in the version's ONNX logged model
+ONNX_FILE = "artifacts/model.onnx"  # in the version's (pyfunc) logged model
 
 
 @dataclass(frozen=True)
