@@ -5,6 +5,7 @@ agreement with serving's ONNX session and the torch model; and ``mlflow models s
 import base64
 import io
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -152,7 +153,9 @@ def test_mlflow_models_serve_answers_invocations(mlflow_server, register_base_as
     server = Server([str(MLFLOW), "models", "serve", "-m", f"models:/{name}@champion",
                      "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
                      "--workers", "1"], f"http://127.0.0.1:{port}", "/ping", tmp_path,
-                    {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                    {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true",
+                     # as in an activated environment: mlflow execs `uvicorn` from PATH
+                     "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ['PATH']}"})
     try:
         server.start(seconds=300)
         files = images()
