@@ -25,7 +25,8 @@ from .versions import CHAMPION, VersionInfo
 
 
 def model_uri(name: str | None = None, alias: str = CHAMPION) -> str:
-    """``models:/NAME@alias``: what serving passes to ``mlflow.onnx``/``pyfunc.load_model``."""
+    """``models:/NAME@alias``: what ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
+    take (the version's pyfunc: images in, labels out)."""
     name = versions.check_safe(name or get_settings().registered_model, "registered model name")
     return f"models:/{name}@{alias}"
 

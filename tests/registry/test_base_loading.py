@@ -42,7 +42,7 @@ def test_base_is_version_1_champion_with_suite_and_hashes(lineage, embedded_uri,
     assert tags[versions.SUITE_SHA256] == directory_sha256(suite[0])
     model_id = mv.source.removeprefix("models:/")
     location = MlflowClient(embedded_uri).get_logged_model(model_id).artifact_location
-    served = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/model.onnx",
+    served = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{ONNX_FILE}",
                                                  dst_path=str(tmp_path))
     assert tags[versions.ONNX_SHA256] == file_sha256(served)
 

@@ -172,3 +172,14 @@ def test_a_registration_that_died_before_its_alias_finishes_when_run_again(
                                                              ("challenger",))
     for version in ("1", first.version):
         assert versions.PENDING_ALIAS not in client.get_model_version(model_name, version).tags
+
+
+def test_printed_run_links_use_the_configured_ui_address(lineage, embedded_uri, monkeypatch):
+    from flows.reporting import mlflow_ui_command
+    from registry.lookup import run_url
+
+    monkeypatch.setenv("VITEDIT_MLFLOW_UI_URL", "https://mlflow.example.org:8443/")
+    experiment = lineage.client.get_run(lineage.good.run_id).info.experiment_id
+    assert run_url(lineage.good.run_id, embedded_uri) == \
+        f"https://mlflow.example.org:8443/#/experiments/{experiment}/runs/{lineage.good.run_id}"
+    assert mlflow_ui_command(embedded_uri).endswith("--port 8443")
