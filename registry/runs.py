@@ -160,7 +160,7 @@ def _upload(conn: Connection, run_id: str, content: RunContent, model: nn.Module
             model_id, served_sha = _log_model(spec, onnx_export, Path(tmp))
     if served_sha != onnx_export.sha256:
         raise RegistryError(f"the store holds an ONNX file {served_sha[:12]} that differs from "
-                            f"the exported {onnx_export.sha256[:12]}")
+                            f"the exported {onnx_export.sha256[:12]}; nothing registered")
 
     stored = _list_files(client, run_id)
     missing = artifacts.missing_files(manifest, stored, content.staged)
@@ -179,9 +179,12 @@ def _log_model(spec: ModelSpec, onnx_export: ExportResult, tmp: Path) -> tuple[s
     weights are the run's ``weights/`` safetensors artifact."""
     spec_file = tmp / "model.json"
     spec_file.write_text(spec.to_json())
+    onnx_file = tmp / "served" / Path(ONNX_FILE).name  # the name serving downloads
+    onnx_file.parent.mkdir()
+    shutil.copyfile(onnx_export.path, onnx_file)
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME, python_model=str(Path(pyfunc_model.__file__)),
-        artifacts={pyfunc_model.ONNX_ARTIFACT: str(onnx_export.path),
+        artifacts={pyfunc_model.ONNX_ARTIFACT: str(onnx_file),
                    pyfunc_model.SPEC_ARTIFACT: str(spec_file)},
         code_paths=[str(_vitedit_ops_code(tmp))], signature=_signature(),
         input_example=pd.DataFrame({pyfunc_model.IMAGE_COLUMN: [example_image()]}),

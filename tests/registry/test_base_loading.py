@@ -82,7 +82,7 @@ def test_serving_loads_the_champion_by_alias(lineage, embedded_uri, base_model):
     mlflow.set_tracking_uri(embedded_uri)
     local = Path(mlflow.artifacts.download_artifacts(uri))
     assert file_sha256(local / ONNX_FILE) == mv.tags[versions.ONNX_SHA256]
-    assert mlflow.models.Model.load(str(local)).model_id == mv.model_id
+    assert mv.source == f"models:/{mlflow.models.Model.load(str(local)).model_id}"
 
 
 def test_download_suite_is_verified_and_inherited(lineage, embedded_uri, suite, good_edit,

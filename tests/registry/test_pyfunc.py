@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import numpy as np
@@ -23,6 +24,7 @@ from PIL import Image
 
 from registry import datasets, versions
 from registry.mlflow_registry import publish_edit
+from registry.promotion import LEGACY_ONNX_FILE, ONNX_FILE, verify
 from registry.runs import example_image
 from serving import champion as served
 from vitedit_ops.imagefiles import png_bytes
@@ -174,3 +176,17 @@ def test_mlflow_models_serve_answers_invocations(mlflow_server, register_base_as
         assert refused.status_code == 400 and "not a readable image" in refused.text
     finally:
         server.stop()
+
+
+def test_a_version_registered_before_the_pyfunc_still_verifies(embedded_uri, register_base_as,
+                                                               model_name):
+    """Older versions point to an ONNX-flavor model with ``model.onnx`` at its root: serving
+    and promotion hash that file instead (and still refuse it changed)."""
+    register_base_as(model_name, embedded_uri)
+    client = MlflowClient(embedded_uri)
+    info = versions.get(client, model_name, "1")
+    root = Path(unquote(urlparse(client.get_logged_model(info.model_id).artifact_location).path))
+    (root / ONNX_FILE).rename(root / LEGACY_ONNX_FILE)
+    assert verify(client, info) == []
+    (root / LEGACY_ONNX_FILE).write_bytes(b"not the exported graph")
+    assert [p for p in verify(client, info) if p.startswith("served ONNX file hash")]
