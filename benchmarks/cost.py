@@ -113,7 +113,7 @@ def vit_b16_flops(keep_fraction: float = 0.1) -> dict[str, float]:
     return flops_per_iteration(model, images, torch.tensor([3]), keep_fraction)
 
 
-BASELINES = ("localized", "kn", "rome", "rome_lora", "t_patcher", "grace")
+BASELINES = ("localized", "kn", "rome", "rome_lora", "t_patcher", "grace", "serac")
 
 
 def edit_flops_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

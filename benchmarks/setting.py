@@ -129,6 +129,8 @@ FAMILIES = (
     Family("ROME+LoRA", "rome_lora", "rank", (2, 8)),
     Family("T-Patcher", "t_patcher", "neurons", (1, 4), SIDE_LRS),
     Family("GRACE", "grace", "epsilon", (0.3, 0.6, 0.9), SIDE_LRS),
+    # SERAC's counterfactual classifier starts at the base's: its knob is the scope's ratio
+    Family("SERAC", "serac", "margin", (0.6, 0.8), SIDE_LRS),
 )
 
 

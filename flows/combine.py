@@ -22,6 +22,7 @@ from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import fingerprint
 from vitedit_ops.patch import Patch
 from vitedit_ops.scoped import ScopedPatch
+from vitedit_ops.side import SidePatch
 
 from .config import EditSettings
 from .edits import GroupOutcome, suite_checks, suite_problems
@@ -47,9 +48,11 @@ class Combination:
         return sorted({p for patch in self.patches for p in patch.params})
 
 
-def rebase(patch: Patch | ScopedPatch, model: nn.Module) -> Patch | ScopedPatch:
-    """The same change as ``patch``, with before-values read from ``model`` now."""
-    if isinstance(patch, ScopedPatch):
+def rebase(patch: Patch | ScopedPatch | SidePatch, model: nn.Module
+           ) -> Patch | ScopedPatch | SidePatch:
+    """The same change as ``patch``, with before-values read from ``model`` now (a side
+    patch: its entries stacked on the side module the model holds now)."""
+    if isinstance(patch, (ScopedPatch, SidePatch)):
         return patch.rebased(model)
     deltas = [(e.param, e.kind, e.index, e.after - e.before) for e in patch.entries]
     return Patch.from_deltas(model, deltas, fingerprint(model), metadata=patch.metadata)

@@ -25,12 +25,14 @@ from torch import nn
 
 from registry.record import ACCEPTED, ERROR, REJECTED, GroupEdit
 from vitedit_ops.device import resolve_device
-from vitedit_ops.editors import ScopedEditor, create_editor
+from vitedit_ops.editors import Editor, ScopedEditor, create_editor
+from vitedit_ops.editors.serac import newest_scope_covers
 from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.groups import ImageRef
 from vitedit_ops.metrics import accuracy, predict_logits
 from vitedit_ops.scope import window_keys
 from vitedit_ops.scoped import ScopedPatch
+from vitedit_ops.side import SidePatch
 
 from .config import EditSettings
 from .lineage import ChampionContext
@@ -168,6 +170,10 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
         # a held-out error outside the scope cannot be fixed by this patch: say how many are in
         keys = window_keys(model, editor.window, inputs(images.heldout_pixels).to(target))
         after["heldout_in_scope"] = float(result.patch.scope.covers(keys).float().mean())
+    elif isinstance(result.patch, SidePatch) and result.patch.kind == "serac" \
+            and len(images.heldout_pixels):
+        inside = newest_scope_covers(result.patch, model, inputs(images.heldout_pixels))
+        after["heldout_in_scope"] = float(inside.float().mean())
     problems = suite_problems(after, settings)
     if after["reliability"] < 1.0:
         problems.insert(0, f"fixes {after['reliability']:.0%} of its edit images "
@@ -199,19 +205,26 @@ def _measure(context: ChampionContext, model: nn.Module, images: GroupImages,
 
 
 def _scoped_editor(context: ChampionContext, images: GroupImages, settings: EditSettings,
-                   preserved: PreservedPool | None) -> ScopedEditor:
+                   preserved: PreservedPool | None) -> Editor:
     """The subpopulation recipe inside a scope fitted against the preserved pool's clean
     images: shifted confirmed-correct images (this unit's own keep images among them) are
-    not what a scope must leave out."""
+    not what a scope must leave out. SERAC fits its own scope (the same rule, against the
+    same images) for its counterfactual classifier."""
     if preserved is None or len(preserved.pixels) == 0:
         raise InvalidInputError(f"{images.key}: a scoped edit needs a preserved pool "
                                 "(EditSettings.preserve)")
     outside = [i for i, h in enumerate(preserved.hashes) if h not in images.not_outside]
     scoped = settings.scoped
+    neighbours = None if images.neighbours is None else context.suite.inputs(images.neighbours)
+    if scoped.method == "serac":
+        return create_editor("serac", hypernet=context.hypernet,
+                             preserved=context.suite.inputs(preserved.pixels[outside]),
+                             rule=scoped.rule, margin=scoped.margin,
+                             avoid_earlier=scoped.avoid_earlier, avoid=neighbours,
+                             **scoped.editor_options())
     inner = create_editor(scoped.method, hypernet=context.hypernet, **scoped.editor_options())
     return ScopedEditor(inner=inner, window=context.hypernet.window(context.model),
                         outside=context.suite.inputs(preserved.pixels[outside]),
                         rule=scoped.rule, margin=scoped.margin,
                         avoid_earlier=scoped.avoid_earlier,
-                        avoid=None if images.neighbours is None
-                        else context.suite.inputs(images.neighbours))
+                        avoid=neighbours)

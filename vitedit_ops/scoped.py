@@ -331,11 +331,14 @@ def effective_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_patch(path: str | Path) -> Any:
-    """A plain or a scoped patch file, whichever ``path`` holds."""
+    """A plain, a scoped or a side patch file, whichever ``path`` holds."""
     from .patch import Patch
+    from .side import SIDE_FORMAT, SidePatch
 
     header = saved_metadata(path)
-    return ScopedPatch.load(path) if header.get("format") == SCOPED_FORMAT else Patch.load(path)
+    if header.get("format") == SCOPED_FORMAT:
+        return ScopedPatch.load(path)
+    return SidePatch.load(path) if header.get("format") == SIDE_FORMAT else Patch.load(path)
 
 
 def all_keys(patches: Iterable[ScopedPatch]) -> torch.Tensor | None:

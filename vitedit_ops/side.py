@@ -59,6 +59,15 @@ class SideModule(nn.Module):
         for path, hook in self.hook_points():
             model.get_submodule(path).register_forward_hook(hook)
 
+    @staticmethod
+    def restack(before: SideState | None, after: SideState, current: SideState | None
+                ) -> SideState:
+        """The state an edit made as ``before`` -> ``after`` gives on a module that holds
+        ``current`` instead (other edits stacked since): only kinds whose entries are
+        independent of each other can say."""
+        raise PatchConflictError("this side module's edits cannot be restacked: apply them "
+                                 "in the order they were made")
+
     def detach(self, model: nn.Module) -> None:
         for module in model.modules():
             hooks = module._forward_hooks
@@ -203,6 +212,13 @@ class SidePatch:
                 f"cannot apply {self.kind} patch: it was made on weights "
                 f"{self.base_fingerprint[:12]}, the model holds {current[:12]}")
         self._swap(model, expect=self.before, write=self.after, verb="apply")
+
+    def rebased(self, model: nn.Module) -> SidePatch:
+        """The same edit for ``model``'s current side module (other edits made on the same
+        weights were applied since this one was made); the weights must still match."""
+        current = state_of(model, self.kind)
+        after = side_class(self.kind).restack(self.before, self.after, current)
+        return SidePatch(current, after, self.base_fingerprint, dict(self.metadata))
 
     def revert(self, model: nn.Module) -> None:
         """Restore the before-state; refuses unless the model holds exactly the after-state."""

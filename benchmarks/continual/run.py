@@ -63,6 +63,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("retrain: LoRA", {**RETRAIN, "method": "lora", "lr": 1e-3, "ce_target": 0.05,
                               "max_steps": 200}, RETRAIN_GATE,
             note="the peer with LoRA on the edit window, gated as the full-FT peer"),
+    Variant("SERAC: scope + counterfactual classifier",
+            {"method": "serac", "lr": 1e-2, "max_steps": 200, "ce_target": 0.05,
+             "scoped": {"method": "serac", "lr": 1e-2, "max_steps": 200, "ce_target": 0.05}},
+            note="every unit a SERAC memory entry (editors/serac.py): the product's scope rule "
+                 "at the window input, a fine-tuned copy of the classifier inside it"),
     Variant("no unit generalization checks", {"group_generalization_min": 0.0,
                                               "group_min_heldout": 0},
             note="units are applied whatever share of their held-out errors they fix"),

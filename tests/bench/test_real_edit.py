@@ -43,7 +43,7 @@ def test_localized_editor_fixes_a_real_error_group_and_generalizes(trained_refer
 
 
 BASELINE_SETTINGS = {"grace": {"lr": 3e-2}, "t_patcher": {"lr": 1e-2}, "rome": {"lr": 1e-2},
-                     "rome_lora": {"lr": 1e-3}, "kn": {"lr": 1e-3}}
+                     "rome_lora": {"lr": 1e-3}, "kn": {"lr": 1e-3}, "serac": {"lr": 1e-2}}
 
 
 @pytest.mark.slow

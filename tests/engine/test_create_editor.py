@@ -20,7 +20,7 @@ def hypernet(vit):
 def test_every_builtin_editor_is_registered_at_its_definition():
     assert set(list_editors()) >= {"localized", "random_mask", "window_ft", "ft_l1", "ft_l2",
                                    "lora", "full_ft", "grace", "t_patcher", "rome",
-                                   "rome_lora", "kn"}
+                                   "rome_lora", "kn", "serac"}
     with pytest.raises(InvalidInputError, match="unknown editor 'nope'.*localized"):
         create_editor("nope")
 

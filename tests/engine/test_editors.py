@@ -13,7 +13,7 @@ from .conftest import tiny_swin, tiny_vit
 
 
 # the paper's other baselines, on the same footing
-BASELINES = ["grace", "t_patcher", "rome", "rome_lora", "kn"]
+BASELINES = ["grace", "t_patcher", "rome", "rome_lora", "kn", "serac"]
 
 
 def _pool(model, count: int = 24) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Side modules (GRACE's codebook, T-Patcher's neurons): edits that add parameters beside the
+"""Side modules (GRACE's codebook, T-Patcher's neurons, SERAC's memory): edits that add parameters beside the
 weights. Patches stack edit after edit and revert exactly in reverse order; the model carries
 its side module through copies, saving and loading and the ONNX export."""
 
@@ -21,7 +21,7 @@ from vitedit_ops.sites import edit_window
 
 from .conftest import tiny_vit
 
-SIDE_EDITORS = ["grace", "t_patcher"]
+SIDE_EDITORS = ["grace", "t_patcher", "serac"]
 
 
 def _images(count: int, offset: float, seed: int, size: int = 16) -> torch.Tensor:

@@ -286,3 +286,34 @@ def _first_block(model, block: str):
     from vitedit_ops.sites import EditWindow, find_ffn_sites
 
     return EditWindow(tuple(s for s in find_ffn_sites(model) if s.block_path == block))
+
+
+@pytest.mark.slow
+def test_a_serac_night_stacks_one_memory_entry_per_unit_and_leaves_the_rest_the_base(
+        night, lineage, tracking_uri):
+    """method=serac (the continual benchmark's SERAC variant): every applied unit is one entry
+    of the champion's memory, each with its own scope; the version loads from the registry
+    with it, and every clean input outside all scopes gets the base's logits bit for bit."""
+    import torch
+
+    from registry.loading import load_version
+    from vitedit_ops.editors.serac import SeracMemory
+    from vitedit_ops.preprocess import Preprocessor
+    from vitedit_ops.scope import window_keys
+    from vitedit_ops.side import installed
+
+    n = night(preserved=lineage.clean[:150])
+    serac = {"method": "serac", "null_space_energy": None, "lr": 1e-2, "max_steps": 100,
+             "scoped": {"method": "serac", "lr": 1e-2, "max_steps": 100}}
+    result = n.run(edit=serac)
+    applied = [g for g in result.groups if g["outcome"] == "accepted"]
+    assert applied and result.status == REGISTERED, result.groups
+    model, spec, _ = load_version(n.name, result.version, tracking_uri=tracking_uri)
+    base, _, _ = load_version(n.name, "1", tracking_uri=tracking_uri)
+    memory = installed(model, "serac")
+    assert isinstance(memory, SeracMemory) and len(memory.entries) == len(applied)
+    clean = Preprocessor(spec).normalize(lineage.clean[150:])  # never seen by any edit
+    keys = window_keys(base, _first_block(base, memory.block), clean)
+    inside = torch.stack([e.scope.covers(keys) for e in memory.entries]).any(0)
+    assert not inside.all()
+    assert torch.equal(model(clean[~inside]), base(clean[~inside]))

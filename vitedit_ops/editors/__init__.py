@@ -19,7 +19,7 @@ import torch
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
 from . import (finetune, full_ft, grace, kn, localized,  # noqa: F401 - registration
-               lora, random_mask, rome, rome_lora, t_patcher)
+               lora, random_mask, rome, rome_lora, serac, t_patcher)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
@@ -33,6 +33,7 @@ from .rome import RomeEditor
 from .rome_lora import RomeLoRAEditor
 from .recipe import PAPER, PRODUCT, PRODUCT_SCOPED, EditRecipe
 from .scoped import ScopedEditor
+from .serac import SeracEditor
 from .t_patcher import TPatcherEditor
 
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
@@ -108,6 +109,6 @@ __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_S
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
            "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KnowledgeNeuronsEditor",
            "LoRAEditor", "LocalizedEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
-           "RomeEditor", "RomeLoRAEditor", "TPatcherEditor", "WindowFinetuneEditor",
+           "RomeEditor", "RomeLoRAEditor", "SeracEditor", "TPatcherEditor", "WindowFinetuneEditor",
            "create_editor", "default_optim", "editor_options", "list_editors", "register_editor",
            "takes_preserved"]
