@@ -166,3 +166,22 @@ def test_thresholds_come_from_the_config(base, suite, edit_sets, base_onnx, tiny
     assert {"norm_growth", "onnx_max_abs_diff"} <= set(report.failed_checks)
     assert report.check("norm_growth").threshold == 1.0
     assert report.metadata["config"]["onnx_max_abs_diff"] == 0.0
+
+
+def test_a_side_memory_is_judged_on_the_base_weights_it_leaves_alone(base, suite, spec,
+                                                                      right_and_wrong):
+    """SERAC adds a memory and changes no weight: its own tensors are no base weight that
+    could grow (a SERAC night failed norm_growth on them before)."""
+    from vitedit_ops.editors import create_editor
+
+    (right, _), (wrong, labels) = right_and_wrong
+    normalize = Preprocessor(spec).normalize
+    editor = create_editor("serac", preserved=normalize(right[:60]), lr=3e-2, max_steps=60)
+    result = editor.edit(base, normalize(wrong[:4]), labels[:4])
+    candidate = copy.deepcopy(base)
+    result.patch.apply(candidate)
+    report = run_gate(base, candidate, suite, edited_params=result.patch.params)
+    check = report.check("norm_growth")
+    assert check.passed, check
+    assert check.details["side_module_tensors"] > 0
+    assert check.details["changed_params"] == 0

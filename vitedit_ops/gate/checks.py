@@ -236,7 +236,10 @@ def _norm_growth(ctx: GateContext, check: Check, threshold: float | None) -> Che
                if not torch.equal(p.detach().cpu(), base[n].cpu())}
     declared = set(ctx.inputs.edited_params or ())
     undeclared = sorted(changed - declared) if ctx.inputs.edited_params is not None else []
-    names = sorted(changed | declared)
+    # a side module's own tensors (SERAC's memory, GRACE's codebook) are no base weight: only
+    # the base's weights can grow
+    side = sorted(declared - set(base))
+    names = sorted((changed | declared) & set(base))
     ratios = norm_growth(base, ctx.inputs.candidate, names) if names else {}
     # a scoped patch changes no weight: inputs inside its scope see weight + its change
     for patch in scoped_patches(ctx.inputs.candidate):
@@ -247,10 +250,12 @@ def _norm_growth(ctx: GateContext, check: Check, threshold: float | None) -> Che
                           .clamp_min(1e-12))
             ratios[delta.weight_name] = max(ratios.get(delta.weight_name, 0.0), ratio)
     if not ratios:
-        return check.vacuous(threshold, "no weight differs from the base")
+        return check.vacuous(threshold, "no weight differs from the base",
+                             changed_params=0, side_module_tensors=len(side))
     worst = sorted(ratios.items(), key=lambda kv: -kv[1])[:_SHOWN]
     return check.result(max(ratios.values()), threshold, changed_params=len(names),
                         scoped_patches=len(scoped_patches(ctx.inputs.candidate)),
+                        side_module_tensors=len(side),
                         largest=dict(worst), undeclared_changes=undeclared[:_SHOWN])
 
 
