@@ -66,6 +66,22 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     return image
 
 
+def check_image_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """The format and size checks of ``decode_image`` from the header alone, for bytes the
+    caller has already decoded in full (the server, to predict on them): a fraction of a
+    full decode's cost, and the same formats and pixel limit are refused."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise Rejected(Reason.CORRUPT_IMAGE, "not a supported image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise Rejected(Reason.CORRUPT_IMAGE, f"undecodable image: {exc}") from None
+    if width * height > max_pixels:
+        raise Rejected(Reason.DECOMPRESSION_BOMB,
+                       f"{width}x{height} exceeds the {max_pixels}-pixel limit")
+
+
 def read_source(location: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The bytes behind an already policy-checked local path or fsspec URL."""
     try:
@@ -97,6 +113,7 @@ class ImageStore:
         self._root = self._root.rstrip("/")
         self._local = isinstance(self._fs, LocalFileSystem)
         self._uri_root = self._fs.unstrip_protocol(self._root)  # once: fsspec's is slow
+        self._made: set[str] = set()  # local fan-out directories known to exist
         if self._local:
             try:
                 os.makedirs(self._root, exist_ok=True)
@@ -125,12 +142,17 @@ class ImageStore:
         if expected_sha256 is not None and digest != expected_sha256:
             raise Rejected(Reason.HASH_MISMATCH,
                            f"bytes hash to {digest}, record says {expected_sha256}")
+        return self.put_hashed(data, digest)
+
+    def put_hashed(self, data: bytes, digest: str) -> str:
+        """``put`` for bytes the caller has just hashed to ``digest`` (ingest does, to check
+        the record's hash): the bytes are not hashed a second time."""
         if self.exists(digest):
             return digest
         path = self._path(digest)
         try:
             if self._local:
-                self._write_local(path, data)
+                self._write_local(path, data, self._made)
             else:
                 self._fs.pipe_file(path, data)
         except OSError as exc:  # a full disk, permissions, an unreachable bucket
@@ -139,11 +161,15 @@ class ImageStore:
         return digest
 
     @staticmethod
-    def _write_local(path: str, data: bytes) -> None:
+    def _write_local(path: str, data: bytes, made: set[str]) -> None:
         """Write through a temporary file and an atomic rename; a failed write (a full disk)
-        removes its temporary file instead of leaving a 0-byte one behind."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+        removes its temporary file instead of leaving a 0-byte one behind. ``made``: the
+        directories already created (a makedirs per blob cost as much as the write)."""
+        directory = os.path.dirname(path)
+        if directory not in made:
+            os.makedirs(directory, exist_ok=True)
+            made.add(directory)
+        tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)

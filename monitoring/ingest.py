@@ -24,6 +24,7 @@ from .images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ImageStore,
+    check_image_header,
     decode_image,
     read_source,
     sha256_hex,
@@ -286,7 +287,7 @@ class Ingestor:
                 rejected.append(record.reject("prediction", error))
             else:
                 row["content_hash"] = content_hash(row)
-                staged.append(StagedRecord(row, record.origin, record.raw))
+                staged.append(StagedRecord(row, record.origin, lambda r=record: r.raw))
         return self.store.write_predictions(staged, rejected)
 
     def _check_images(self, items: list[tuple[RawRecord, dict[str, Any]]],
@@ -319,8 +320,11 @@ class Ingestor:
                 if declared and digest != declared:
                     raise Rejected(Reason.HASH_MISMATCH,
                                    f"image bytes hash to {digest}, record says {declared}")
-                decode_image(data, max_pixels=self.max_pixels)
-                row["image_sha256"] = self.images.put(data, declared)
+                if record.image_decoded:
+                    check_image_header(data, max_pixels=self.max_pixels)
+                else:
+                    decode_image(data, max_pixels=self.max_pixels)
+                row["image_sha256"] = self.images.put_hashed(data, digest)
             if row["image_uri"] is None:
                 row["image_uri"] = self.images.uri_for(row["image_sha256"])
         except Rejected as exc:

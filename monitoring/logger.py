@@ -59,11 +59,14 @@ class PredictionLogger:
 
     def __init__(self, store: MonitoringStore, images: ImageStore, *, batch_size: int = 256,
                  flush_interval: float = 1.0, max_queue: int = 10_000,
-                 retry_interval: float = 2.0, policy: UriPolicy | None = None) -> None:
+                 retry_interval: float = 2.0, policy: UriPolicy | None = None,
+                 image_workers: int = 2) -> None:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry_interval = retry_interval
-        self._ingestor = Ingestor(store, images, policy=policy, batch_size=batch_size, workers=1)
+        # image hashing and file writes release the GIL: a second thread overlaps them
+        self._ingestor = Ingestor(store, images, policy=policy, batch_size=batch_size,
+                                  workers=image_workers)
         self._queue: queue.Queue[Any] = queue.Queue(max_queue)
         self._counts = dict.fromkeys(LoggerStats.__dataclass_fields__, 0)
         self._lock = threading.Lock()
@@ -77,15 +80,20 @@ class PredictionLogger:
     def log(self, prediction_id: str, *, model: str, model_version: str, predicted_class: int,
             topk: Any = None, image: bytes | None = None, image_uri: str | None = None,
             image_sha256: str | None = None, model_alias: str | None = None,
-            ts: datetime | None = None, metadata: dict[str, Any] | None = None) -> bool:
-        """Queue one prediction; returns False (and counts a drop) instead of ever blocking."""
+            ts: datetime | None = None, metadata: dict[str, Any] | None = None,
+            image_decoded: bool = False) -> bool:
+        """Queue one prediction; returns False (and counts a drop) instead of ever blocking.
+
+        ``image_decoded``: the caller decoded ``image`` in full already (a server does, to
+        predict), so the logger checks its format and size from the header instead of
+        decoding it a second time."""
         record = {"id": prediction_id, "ts": ts or utcnow(), "model": model,
                   "model_version": model_version, "model_alias": model_alias,
                   "predicted_class": predicted_class, "topk": topk, "image_uri": image_uri,
                   "image_sha256": image_sha256, "metadata": metadata}
         if not self._closing.is_set():
             try:
-                self._queue.put_nowait((record, image))
+                self._queue.put_nowait((record, image, image_decoded))
                 self._count(logged=1)
                 return True
             except queue.Full:
@@ -160,8 +168,9 @@ class PredictionLogger:
             items = [item] if item is not None and control is None else []
             if control is not None and control.stop:
                 items += self._drain()  # records that raced close() past the stop marker
-            for record, image in items:
-                buffer.append(RawRecord.from_mapping(record, "logger", image=image))
+            for record, image, decoded in items:
+                buffer.append(RawRecord.from_mapping(record, "logger", image=image,
+                                                     image_decoded=decoded))
                 deadline = deadline or time.monotonic() + self.flush_interval
             due = len(buffer) >= self.batch_size or control is not None or (
                 deadline is not None and time.monotonic() >= deadline)

@@ -11,6 +11,7 @@ import reprlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .store import BatchOutcome, QuarantineEntry
@@ -25,25 +26,35 @@ class RawRecord:
     """One record as received: ``data`` is None when it could not even be parsed.
 
     ``raw`` is the text kept verbatim in quarantine; ``origin`` says where it came from
-    (``file:line``, ``logger``, ``api``); ``image`` carries bytes handed over in-process.
+    (``file:line``, ``logger``, ``api``); ``image`` carries bytes handed over in-process. An
+    in-process record has no text (``source`` None): its ``raw`` is made from ``data`` only
+    when something needs it (a refusal), not for every record the logger stores.
     """
 
     origin: str
-    raw: str
+    source: str | None
     data: dict[str, Any] | None
     parse_error: str | None = None
     image: bytes | None = field(default=None, repr=False)
+    image_decoded: bool = False  # the sender decoded ``image`` in full already
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], origin: str,
-                     image: bytes | None = None) -> RawRecord:
-        """An in-process record; its raw form is its JSON, or its (bounded) repr when it is
-        not JSON (mixed key types, a cycle, deep nesting): validation then says why."""
+    def from_mapping(cls, data: dict[str, Any], origin: str, image: bytes | None = None,
+                     image_decoded: bool = False) -> RawRecord:
+        """An in-process record (a copy of ``data``)."""
+        return cls(origin=origin, source=None, data=dict(data), image=image,
+                   image_decoded=image_decoded)
+
+    @cached_property
+    def raw(self) -> str:
+        """The text as received; for an in-process record its JSON, or its (bounded) repr
+        when it is not JSON (mixed key types, a cycle, deep nesting): validation says why."""
+        if self.source is not None:
+            return self.source
         try:
-            raw = json.dumps(data, default=str, sort_keys=True)
+            return json.dumps(self.data, default=str, sort_keys=True)
         except (TypeError, ValueError, RecursionError):
-            raw = _REPR.repr(data)
-        return cls(origin=origin, raw=raw, data=dict(data), image=image)
+            return _REPR.repr(self.data)
 
     def reject(self, kind: str, exc: Rejected) -> QuarantineEntry:
         record_id = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,11 +52,18 @@ class QuarantineEntry:
 
 @dataclass(frozen=True)
 class StagedRecord:
-    """A validated row and its provenance, kept in case the store itself refuses it."""
+    """A validated row and its provenance, kept in case the store itself refuses it.
+
+    ``raw`` may be a function giving the text: it is needed only for a refusal, and making
+    it for every row cost the logger more than storing the row did."""
 
     row: dict[str, Any]
     origin: str
-    raw: str
+    raw: str | Callable[[], str]
+
+    @property
+    def raw_text(self) -> str:
+        return self.raw if isinstance(self.raw, str) else self.raw()
 
 
 @dataclass
@@ -246,12 +253,14 @@ class MonitoringStore:
                     quarantine.append(QuarantineEntry(
                         "prediction", Reason.DUPLICATE_ID,
                         f"prediction id {row['id']!r} already stored with different content",
-                        record.origin, record.raw, row["id"]))
+                        record.origin, record.raw_text, row["id"]))
             if fresh:
                 table = table_of(Prediction)
                 stmt = (self._insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
                         .returning(table.c.id))
-                stored, refused = self._insert_rows(conn, stmt, fresh, "prediction", "id")
+                stored, refused = self._insert_rows(
+                    conn, stmt, fresh, "prediction", "id",
+                    bulk=lambda rows: self._bulk_insert(conn, table, rows, "id"))
                 quarantine += refused
                 outcome.accepted += len(stored)
                 # lost a race to another writer
@@ -288,7 +297,7 @@ class MonitoringStore:
                     quarantine.append(QuarantineEntry(
                         "feedback", Reason.UNKNOWN_CLASS,
                         f"true_class {row['true_class']} is not one of the model's "
-                        f"{num_classes} classes", record.origin, record.raw,
+                        f"{num_classes} classes", record.origin, record.raw_text,
                         row["prediction_id"]))
                     continue
                 fresh.append(StagedRecord({**row, "image_sha256": sha}, record.origin,
@@ -309,29 +318,83 @@ class MonitoringStore:
         return outcome
 
     def _insert_rows(self, conn: Connection, stmt: Any, records: Sequence[StagedRecord],
-                     kind: str, key: str) -> tuple[list[Any], list[QuarantineEntry]]:
-        """Insert the rows in one statement; if the database refuses it, insert them one by
-        one (each in a savepoint) and return the refused ones as quarantine entries, so one
-        unstorable row costs itself only. Returns (the RETURNING keys, the refused)."""
+                     kind: str, key: str,
+                     bulk: Callable[[list[dict[str, Any]]], list[Any]] | None = None,
+                     ) -> tuple[list[Any], list[QuarantineEntry]]:
+        """Insert the rows in one go (``bulk``, else ``stmt`` as one executemany), in a
+        savepoint; if the database refuses that, insert each half the same way, down to
+        single rows, and return the rows refused alone as quarantine entries: one unstorable
+        row costs itself only, and a batch of thousands with one poison row costs about
+        2 log2(n) bulk inserts, not n single ones. Returns (the keys stored, the refused)."""
         try:
             with conn.begin_nested():
-                return [k for (k,) in conn.execute(stmt, [r.row for r in records])], []
+                rows = [r.row for r in records]
+                if bulk is not None:
+                    return bulk(rows), []
+                return [k for (k,) in conn.execute(stmt, rows)], []
         except Exception as exc:  # noqa: BLE001 - sorted below: data refusals vs. the rest
             if not _refused_row(exc):
                 raise
-        stored: list[Any] = []
-        refused: list[QuarantineEntry] = []
-        for record in records:
-            try:
-                with conn.begin_nested():
-                    stored += [k for (k,) in conn.execute(stmt, [record.row])]
-            except Exception as exc:  # noqa: BLE001 - as above
-                if not _refused_row(exc):
-                    raise
-                refused.append(QuarantineEntry(
+            if len(records) == 1:
+                [record] = records
+                return [], [QuarantineEntry(
                     kind, Reason.STORE_REFUSED, f"the store refused the row: {_first_line(exc)}",
-                    record.origin, record.raw, str(record.row[key])[:200]))
-        return stored, refused
+                    record.origin, record.raw_text, str(record.row[key])[:200])]
+        middle = len(records) // 2
+        stored, refused = self._insert_rows(conn, stmt, records[:middle], kind, key, bulk)
+        more_stored, more_refused = self._insert_rows(conn, stmt, records[middle:], kind, key,
+                                                      bulk)
+        return stored + more_stored, refused + more_refused
+
+    def _bulk_insert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
+                     key: str) -> list[Any]:
+        """Insert ``rows`` (whose keys are not stored yet) at the database's own bulk speed;
+        returns the keys stored.
+
+        PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO
+        NOTHING RETURNING (a multi-row INSERT is parsed client-side by psycopg, which cost
+        more than the database's work). Values go through the columns' own bind processing
+        (UTC check, JSON), as an INSERT's would. SQLite: one plain executemany; the batch holds
+        the write lock since it read the known keys (BEGIN IMMEDIATE), so every row lands.
+        """
+        if self.dialect != "postgresql":
+            plain = self._insert(table).on_conflict_do_nothing(index_elements=[table.c[key]])
+            inserted = conn.execute(plain, rows).rowcount
+            if inserted != len(rows):  # cannot happen under the write lock; say so if it does
+                raise InfrastructureError(f"{table.name}: {inserted} of {len(rows)} rows "
+                                          "inserted while holding the write lock")
+            return [row[key] for row in rows]
+        return self._copy_insert(conn, table, rows, key)
+
+    def _copy_insert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
+                     key: str) -> list[Any]:
+        import psycopg
+
+        dialect = self.engine.dialect
+        columns = [column.name for column in table.columns if column.name in rows[0]]
+        processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in columns]
+        names = ", ".join(f'"{name}"' for name in columns)
+        stage = f"vitedit_stage_{table.name}"
+        statement = f'COPY {stage} ({names}) FROM STDIN'
+        try:
+            with conn.connection.driver_connection.cursor() as cursor:
+                cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS {stage} '
+                               f'(LIKE "{table.name}") ON COMMIT DELETE ROWS')
+                with cursor.copy(statement) as copy:
+                    for row in rows:
+                        copy.write_row([value if process is None else process(value)
+                                        for value, process in zip(
+                                            (row.get(name) for name in columns), processors)])
+                statement = (f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage} '
+                             f'ON CONFLICT ("{key}") DO NOTHING RETURNING "{key}"')
+                cursor.execute(statement)
+                stored = [k for (k,) in cursor.fetchall()]
+                cursor.execute(f"TRUNCATE {stage}")
+                return stored
+        except psycopg.Error as exc:  # as SQLAlchemy would have raised it: sorted the same
+            raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error,
+                                             dialect=dialect) from exc
 
     def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> BatchOutcome:
         """Quarantine records that are not rows of another table (e.g. feedback conflicts)."""

@@ -167,6 +167,7 @@ class Service:
             prediction_id, model=champion.name, model_version=champion.version,
             model_alias=CHAMPION, predicted_class=top[0]["class"],
             topk=[[t["class"], t["probability"]] for t in top], image=upload.data,
+            image_decoded=True,  # _decode opened it in full to predict on it
             metadata={"filename": upload.name})
         self.metrics.images.labels("predicted").inc()
         return {"name": upload.name, "prediction_id": prediction_id,

@@ -1,16 +1,22 @@
-"""Simulated production: the served champion classifying a day of requests in-process.
+"""Simulated production: a day of requests classified by the served champion.
 
-Each request is a PNG, preprocessed as the model's spec says (timm's eval transform),
-classified by the ONNX file of the version that holds ``models:/NAME@champion``, verified as
-``vitedit-ops serve`` verifies it, and logged through the monitoring ``PredictionLogger``
-(image bytes included). Reviewers' labels arrive later as feedback.
+The demo sends its days over HTTP to a real ``vitedit-ops serve`` on loopback
+(``serve_day_over_http``, ``review_over_http``): a few concurrent clients post multipart
+requests of several PNGs, the server batches them, answers with its prediction ids and logs
+every prediction with its image; reviewers' labels go back to its ``/feedback``. The
+continual benchmark, which serves hundreds of days, keeps the in-process path
+(``ChampionServer``: the same verified ONNX graph, preprocessing and ``PredictionLogger``,
+without a process per day).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +25,15 @@ from monitoring import MonitoringStore, PredictionLogger
 from monitoring.feedback import submit_feedback
 from registry import versions
 from serving import champion as champions
+from serving.client import ServingClient
+from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.preprocess import open_image
 
 TOP_K = 3
 BATCH = 64
+REQUEST_IMAGES = 8   # images per HTTP request
+CLIENTS = 4          # concurrent HTTP clients
+FEEDBACK_CHUNK = 200
 
 
 @dataclass(frozen=True)
@@ -84,3 +95,41 @@ def review(store: MonitoringStore, requests: list[Request], when: datetime) -> i
                                       "true_class": r.true_class, "source": "human_review",
                                       "ts": when} for r in requests])
     return report.accepted
+
+
+def serve_day_over_http(url: str, requests: list[Request], on_batch: Callable[[int], None],
+                        ) -> tuple[dict[str, int], dict[str, str]]:
+    """Send the day to the server at ``url``; returns errors per subpopulation and the
+    server's prediction id of every request (what the reviewers' labels refer to)."""
+    chunks = [requests[i:i + REQUEST_IMAGES] for i in range(0, len(requests), REQUEST_IMAGES)]
+    local = threading.local()
+
+    def send(chunk: list[Request]) -> list[dict[str, Any]]:
+        if not hasattr(local, "client"):
+            local.client = ServingClient(url)
+        answer = local.client.predict([(r.prediction_id, r.image) for r in chunk])
+        on_batch(len(chunk))
+        return answer["predictions"]
+
+    errors: dict[str, int] = {}
+    ids: dict[str, str] = {}
+    with ThreadPoolExecutor(CLIENTS, thread_name_prefix="demo-client") as pool:
+        for chunk, answers in zip(chunks, pool.map(send, chunks)):
+            for request, answer in zip(chunk, answers, strict=True):
+                if "error" in answer:
+                    raise InvalidInputError(f"the server refused {request.prediction_id}: "
+                                            f"{answer['error']}")
+                ids[request.prediction_id] = answer["prediction_id"]
+                if answer["predicted_class"] != request.true_class:
+                    errors[request.subpopulation] = errors.get(request.subpopulation, 0) + 1
+    return errors, ids
+
+
+def review_over_http(client: ServingClient, requests: list[Request],
+                     ids: dict[str, str]) -> int:
+    """Reviewers' labels for the day's requests, posted to ``/feedback``; returns how many
+    the server accepted."""
+    items = [{"prediction_id": ids[r.prediction_id], "true_class": r.true_class,
+              "source": "human_review"} for r in requests]
+    return sum(client.feedback(items[i:i + FEEDBACK_CHUNK])["accepted"]
+               for i in range(0, len(items), FEEDBACK_CHUNK))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from monitoring import PredictionLogger, open_image_store, open_store
+from monitoring import MonitoringStore, open_store
 from registry.base import register_base
 from registry.lineage_assets import register_hypernet
 from registry.promotion import promote
+from serving.client import ServingClient
+from serving.process import ServeProcess
+from vitedit_ops.errors import InfrastructureError
 from vitedit_ops.gate import build_suite
 from vitedit_ops.reference import Reference, build_reference, hypernet_path, load_reference
 from vitedit_ops.reference.hypernet import hypernet_builder
@@ -23,20 +26,26 @@ from ..display import print_night
 from ..nightly import nightly_edit
 from ..reporting import NightlyResult, mlflow_ui_command
 from .scenario import DAYS, day_requests
-from .serving import ChampionServer, review, serve_day
+from .serving import review_over_http, serve_day_over_http
 
-FEEDBACK_DELAY = timedelta(hours=6)
+STORE_WAIT = 300.0  # seconds for the server's logger to store a day (it takes a few)
+
+
+def wait_stored(store: MonitoringStore, expected: int) -> int:
+    """The store's prediction count once it reaches ``expected`` (the server's logger writes
+    in the background); one clear line if it does not within ``STORE_WAIT``."""
+    deadline = time.monotonic() + STORE_WAIT
+    while (count := store.counts()["predictions"]) < expected:
+        if time.monotonic() > deadline:
+            raise InfrastructureError(f"the server stored {count} of {expected} predictions "
+                                      f"within {STORE_WAIT:.0f} s")
+        time.sleep(0.25)
+    return count
 
 
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
-
-
-def day_start(day: int) -> datetime:
-    """Day 1 was the day before yesterday, day 2 yesterday: both wholly in the past."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today - timedelta(days=3 - day)
 
 
 class Demo:
@@ -98,28 +107,35 @@ class Demo:
 
     # -- a day ----------------------------------------------------------------------------
     def serve(self, day: int) -> None:
-        """A day of traffic served by the champion, then the reviewers' labels."""
+        """A day of traffic sent over HTTP to ``vitedit-ops serve`` (a child process on
+        loopback, serving the champion by alias), then the reviewers' labels to its
+        ``/feedback``; the server is stopped before the night (SIGTERM writes its queue)."""
         requests = day_requests(self.ref.data, day)
-        server = ChampionServer(self.name, self.tracking_uri)
         store = open_store()
         try:
-            with PredictionLogger(store, open_image_store()) as logger, \
-                    _progress(self.console) as progress:
-                task = progress.add_task(f"serving champion v{server.version} "
-                                         f"({server.provider})", total=len(requests))
-                errors = serve_day(server, logger, requests, day_start(day),
-                                   lambda n: progress.advance(task, n))
-                stats = logger.stats()
-            when = min(day_start(day) + timedelta(days=1) + FEEDBACK_DELAY, datetime.now(UTC))
-            labelled = review(store, requests, when)
+            before = store.counts()["predictions"]
+            log_path = self.settings.home / "logs" / f"serve-day{day}.log"
+            with self.console.status("starting vitedit-ops serve on loopback ..."):
+                server = ServeProcess(self.name, log_path).start()
+            try:
+                with ServingClient(server.url) as client, _progress(self.console) as progress:
+                    task = progress.add_task(f"champion v{server.version} at {server.url}",
+                                             total=len(requests))
+                    errors, ids = serve_day_over_http(server.url, requests,
+                                                      lambda n: progress.advance(task, n))
+                    stored = wait_stored(store, before + len(ids)) - before
+                    labelled = review_over_http(client, requests, ids)
+            finally:
+                server.stop()
         finally:
             store.close()
         shift = DAYS[day][0]
         counts = {sub: sum(r.subpopulation == sub for r in requests) for sub in ("clean", shift)}
         self.console.print(
-            f"{len(requests)} requests logged ({stats.accepted} new images/predictions stored), "
+            f"{len(requests)} requests served over HTTP ({stored} predictions with their "
+            "images stored by the server), "
             + ", ".join(f"{sub}: {errors.get(sub, 0)}/{n} wrong" for sub, n in counts.items())
-            + f"; {labelled} reviewer labels arrived", highlight=False)
+            + f"; {labelled} reviewer labels arrived (log: {log_path})", highlight=False)
 
     def night(self, day: int) -> NightlyResult:
         settings = EditSettings()

@@ -37,8 +37,14 @@ def bench(
     merge: list[Path] = typer.Option([], "--merge", help="With --continual: run nothing; "
                                      "write one report from these finished runs' directories "
                                      "(repeatable), e.g. variants run in parallel."),
+    serving: bool = typer.Option(False, "--serving", help="Only the serving benchmark: "
+                                 "logger and file-ingest records/s, served vs bare "
+                                 "onnxruntime, latency under load, alias swaps."),
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
+    if serving:
+        _serving(quick, out, write_docs)
+        return
     if continual:
         _continual(quick, out, tuple(variant), write_docs, merge)
         return
@@ -106,6 +112,26 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
         shutil.copy(out / "img" / "continual-errors.png", DOCS / "img" / "continual-errors.png")
         write_section(DOCS / "BENCHMARKS.md", "continual", (out / "continual.md").read_text())
         shutil.copy(out / "continual.json", DOCS / "continual-results.json")
+        console.print("docs/BENCHMARKS.md updated")
+
+
+def _serving(quick: bool, out: Path | None, write_docs: bool | None) -> None:
+    """``bench --serving``: benchmarks/serving.py alone, its section of docs/BENCHMARKS.md."""
+    import json
+
+    from benchmarks.docs import write_section
+    from benchmarks.serving import markdown, run_benchmark
+
+    out = out or Path("bench-results") / datetime.now().strftime("serving-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_benchmark(quick=quick)
+    (out / "serving.json").write_text(json.dumps(results, indent=2))
+    (out / "serving.md").write_text(markdown(results))
+    console.print(markdown(results), highlight=False)
+    console.print(f"results in {out}")
+    if write_docs if write_docs is not None else not quick:
+        write_section(DOCS / "BENCHMARKS.md", "serving", markdown(results))
+        shutil.copy(out / "serving.json", DOCS / "serving-results.json")
         console.print("docs/BENCHMARKS.md updated")
 
 

@@ -1,0 +1,567 @@
+"""Serving benchmark: the prediction logger, file ingest and ``vitedit-ops serve`` on loopback.
+
+Why: the loop only learns from what serving logs, so the logger must keep up with the server
+(goal: >= 10,000 records/s into PostgreSQL on 2 cores), and the server must not waste the
+model's speed (goal: served images/s at concurrency 32 >= 0.8 x a bare onnxruntime session at
+the same batch size). Measured, in one run so the ratios sit side by side:
+
+- logger records/s into SQLite and PostgreSQL, 1 and 4 processes, each record with its own
+  new image (hashed, header-checked, written to the image store) and each referring to an
+  image already stored (the database path alone); CPU microseconds per record beside it;
+- file ingest records/s (JSON Lines, every image read, verified, decoded and stored);
+- the reference model served by a real ``vitedit-ops serve`` process: images/s at
+  concurrency 32 against a bare onnxruntime session at batch 32 on the same ONNX file, the
+  p50/p99 latency of a bounded open-loop load generator at 50%, 80% and 100% of that peak,
+  and every answered prediction stored exactly once while the champion alias moves 3 times.
+
+The machine is shared: the load average is recorded at the start and end, and CPU time per
+record is reported beside wall-clock rates (other processes stretch the wall time, not the
+work done).
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import multiprocessing
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from monitoring.images import ImageStore
+from monitoring.ingest import ingest_file
+from monitoring.logger import PredictionLogger
+from monitoring.store import open_store
+
+from .monitoring import _png, _throwaway_pg_database, _write_inputs
+
+LOGGER_GOAL_PER_S = 10_000
+SERVED_RATIO_GOAL = 0.8
+CONCURRENCY = 32
+LOAD_LEVELS = (0.5, 0.8, 1.0)
+NUM_CLASSES = 10
+MODEL = "bench-served"
+
+
+# -- the logger ---------------------------------------------------------------------------
+def _logger_process(url: str, cas: str, n: int, offset: int, own_images: bool,
+                    ready: Any, go: Any, results: Any) -> None:
+    """One process logging ``n`` records as a server would; reports its timings."""
+    with open_store(url, migrate=False) as store:
+        images = ImageStore(cas)
+        pngs = [_png(offset + i) for i in range(n)] if own_images else []
+        shared = _png(0)
+        sha = images.put(shared)
+        uri = images.uri_for(sha)
+        logger = PredictionLogger(store, images, batch_size=1000, max_queue=n + 1,
+                                  flush_interval=0.2)
+        ready.put(os.getpid())
+        go.wait()
+        start, cpu = time.time(), time.process_time()
+        for i in range(n):
+            if own_images:
+                logger.log(f"p{offset + i}", model="vit", model_version="1", predicted_class=1,
+                           topk=[[1, 0.9], [2, 0.05], [3, 0.01]], image=pngs[i],
+                           image_decoded=True, metadata={"filename": "x.png"})
+            else:
+                logger.log(f"p{offset + i}", model="vit", model_version="1", predicted_class=1,
+                           topk=[[1, 0.9], [2, 0.05], [3, 0.01]], image_uri=uri,
+                           image_sha256=sha, metadata={"filename": "x.png"})
+        logger.flush()
+        end, cpu = time.time(), time.process_time() - cpu
+        stats = logger.stats()
+        logger.close()
+    results.put({"start": start, "end": end, "cpu_s": cpu, "accepted": stats.accepted,
+                 "dropped": stats.dropped, "quarantined": stats.quarantined})
+
+
+def _logger_rate(url: str, root: Path, processes: int, n: int, own_images: bool
+                 ) -> dict[str, Any]:
+    with open_store(url) as store:
+        store.register_model("vit", NUM_CLASSES)
+    context = multiprocessing.get_context("spawn")
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    cas = str(root / f"cas-{time.monotonic_ns()}")
+    share = n // processes
+    workers = [context.Process(target=_logger_process, args=(
+        url, cas, share, k * share, own_images, ready, go, results)) for k in range(processes)]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.get(timeout=600)
+    go.set()
+    done = [results.get(timeout=1800) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+    accepted = sum(d["accepted"] for d in done)
+    wall = max(d["end"] for d in done) - min(d["start"] for d in done)
+    with open_store(url, migrate=False) as store:
+        stored = store.counts()["predictions"]
+    return {"records": share * processes, "accepted": accepted, "stored": stored,
+            "dropped": sum(d["dropped"] for d in done),
+            "per_s": round(accepted / wall), "cpu_us_per_record":
+            round(sum(d["cpu_s"] for d in done) / max(1, accepted) * 1e6, 1)}
+
+
+def _bench_logger(root: Path, quick: bool) -> dict[str, Any]:
+    n = 4_000 if quick else 20_000
+    out: dict[str, Any] = {"goal_postgresql_per_s": LOGGER_GOAL_PER_S,
+                           "image": "16x16 PNG (~70 bytes), a new one per record"}
+    for backend in ("sqlite", "postgresql"):
+        rows: dict[str, Any] = {}
+        for processes in (1, 4):
+            for own_images in (True, False):
+                label = f"{processes}p_{'new_images' if own_images else 'stored_image'}"
+                if backend == "sqlite":
+                    url = f"sqlite:///{root / f'logger-{label}.db'}"
+                    rows[label] = _logger_rate(url, root, processes, n, own_images)
+                    continue
+                with _throwaway_pg_database() as url:
+                    if url is None:
+                        rows = {"skipped": "no PostgreSQL server answered "
+                                           "(set VITEDIT_BENCH_PG_URL)"}
+                        break
+                    rows[label] = _logger_rate(url, root, processes, n, own_images)
+            if "skipped" in rows:
+                break
+        out[backend] = rows
+    pg = out["postgresql"]
+    if "skipped" not in pg:
+        best = max(pg[k]["per_s"] for k in pg)
+        out["goal_met_postgresql"] = best >= LOGGER_GOAL_PER_S
+    return out
+
+
+def _bench_file_ingest(root: Path, quick: bool) -> dict[str, Any]:
+    n = 2_000 if quick else 10_000
+    predictions, _ = _write_inputs(root / "ingest-inputs", n)
+    out: dict[str, Any] = {"records": n}
+    for backend in ("sqlite", "postgresql"):
+        with _throwaway_pg_database() if backend == "postgresql" else _nothing() as pg:
+            url = pg if backend == "postgresql" else f"sqlite:///{root / 'ingest.db'}"
+            if url is None:
+                out[backend] = {"skipped": "no PostgreSQL server answered"}
+                continue
+            with open_store(url) as store:
+                store.register_model("vit", NUM_CLASSES)
+                start, cpu = time.perf_counter(), time.process_time()
+                report = ingest_file("predictions", predictions, store=store,
+                                     images=ImageStore(str(root / f"ingest-cas-{backend}")))
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            out[backend] = {"accepted": report.accepted, "per_s": round(report.accepted / wall),
+                            "cpu_us_per_record": round(cpu / max(1, report.accepted) * 1e6, 1)}
+    return out
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+# -- the served model ---------------------------------------------------------------------
+@contextmanager
+def _home(path: Path) -> Iterator[None]:
+    """VITEDIT_HOME (and nothing else of the embedded stores) pointed at ``path``."""
+    names = ("VITEDIT_HOME", "VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
+             "VITEDIT_IMAGE_STORE_URL")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names[1:]:
+        os.environ.pop(name, None)
+    os.environ["VITEDIT_HOME"] = str(path)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _edited(base: Any, spec: Any, suite: Any, inputs: Any, seed: int, onnx_path: Path) -> Any:
+    """A small random FFN patch on the last block, gated for real on the suite: a second
+    verified version for the alias to move to (its quality is not what is measured)."""
+    import torch
+
+    from registry.record import EditRunRecord, GroupEdit
+    from vitedit_ops.export import export_onnx
+    from vitedit_ops.gate.report import CheckResult, GateReport
+    from vitedit_ops.metrics import predict_logits
+    from vitedit_ops.models import fingerprint
+    from vitedit_ops.patch import Patch
+
+    block = len(base.blocks) - 1
+    fc1, fc2 = f"blocks.{block}.mlp.fc1.weight", f"blocks.{block}.mlp.fc2.weight"
+    hidden, width = base.get_parameter(fc1).shape
+    generator = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(base)
+    index = torch.randperm(hidden, generator=generator)[:16]
+    deltas = [(fc1, "rows", index, torch.randn(16, width, generator=generator) * 1e-3),
+              (fc2, "cols", index.clone(), torch.randn(width, 16, generator=generator) * 1e-3)]
+    patch = Patch.from_deltas(model, deltas, base_fingerprint=fingerprint(model),
+                              metadata={"group": f"bench-{seed}"})
+    patch.apply(model)
+    before = predict_logits(base, inputs).argmax(-1)
+    after = predict_logits(model, inputs).argmax(-1)
+    locality = float((after == before).float().mean())
+    report = GateReport(
+        checks=[CheckResult.evaluate("locality", locality, 0.9, ">=")],
+        suite_hash=suite.content_hash, base_fingerprint=fingerprint(base),
+        candidate_fingerprint=fingerprint(model))
+    group = GroupEdit(key=f"bench-{seed}", num_edit_images=1, num_heldout_images=5,
+                      patch=patch, success=True, kept_units={fc1: index, fc2: index})
+    return EditRunRecord(
+        registered_model=MODEL, parent_version="1", parent_fingerprint=fingerprint(base),
+        base_version="1", lineage_root_fingerprint=fingerprint(base), method="bench-random",
+        settings={"seed": seed}, window=f"block {block}", groups=[group],
+        metrics_before={"locality": 1.0}, metrics_after={"locality": locality},
+        gate_report=report, model=model, spec=spec,
+        suite_labels=torch.as_tensor(suite.labels), suite_predictions_before=before,
+        suite_predictions_after=after,
+        onnx=export_onnx(model, spec.input_size, onnx_path))
+
+
+class _Http:
+    """One keep-alive connection posting raw image bodies (cheaper for the load generator
+    than a multipart encoder, so more of the 2 cores is left to the server)."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def predict(self, image: bytes) -> tuple[int, dict[str, Any]]:
+        self.connection.request("POST", "/predict", body=image,
+                                headers={"Content-Type": "image/png"})
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read())
+
+
+def _closed_loop(port: int, images: list[bytes], seconds: float,
+                 on_answer: Callable[[int, dict[str, Any]], None] | None = None,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
+    """CONCURRENCY clients, each sending its next request when the last is answered."""
+    deadline = time.perf_counter() + seconds
+    counts = {"ok": 0, "failed": 0}
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        http_ = _Http(port)
+        r = 0
+        while (time.perf_counter() < deadline) if stop is None else not stop.is_set():
+            status, body = http_.predict(images[(c * 997 + r) % len(images)])
+            r += 1
+            with lock:
+                counts["ok" if status == 200 else "failed"] += 1
+            if on_answer is not None:
+                on_answer(status, body)
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(CONCURRENCY)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {**counts, "seconds": round(wall, 1), "images_per_s": round(counts["ok"] / wall, 1)}
+
+
+def _open_loop(port: int, images: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
+    """Requests scheduled at ``rate``/s for ``seconds``, at most CONCURRENCY in flight; a
+    request's latency counts from its scheduled time, so falling behind shows in it."""
+    total = max(1, int(rate * seconds))
+    start = time.perf_counter() + 0.2
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    next_k = [0]
+
+    def client() -> None:
+        http_ = _Http(port)
+        while True:
+            with lock:
+                k = next_k[0]
+                next_k[0] += 1
+            if k >= total:
+                return
+            due = start + k / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            status, _ = http_.predict(images[k % len(images)])
+            done = time.perf_counter() - due
+            with lock:
+                latencies.append(done) if status == 200 else failures.__setitem__(
+                    0, failures[0] + 1)
+    threads = [threading.Thread(target=client) for _ in range(CONCURRENCY)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+
+    def quantile(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+    return {"target_per_s": round(rate, 1), "achieved_per_s": round(len(latencies) / wall, 1),
+            "requests": total, "failed": failures[0], "p50_ms": quantile(0.5),
+            "p99_ms": quantile(0.99)}
+
+
+def _bare_ort(onnx_path: Path, inputs: Any, seconds: float) -> dict[str, Any]:
+    """Images/s of a bare onnxruntime session on batches of CONCURRENCY normalised images."""
+    from vitedit_ops.export import load_session
+
+    session = load_session(onnx_path, prefer_cuda=True)
+    name = session.get_inputs()[0].name
+    batch = inputs[:CONCURRENCY].numpy()
+    session.run(None, {name: batch})
+    runs, start = 0, time.perf_counter()
+    while runs < 5 or time.perf_counter() - start < seconds:
+        session.run(None, {name: batch})
+        runs += 1
+    wall = time.perf_counter() - start
+    return {"batch": CONCURRENCY, "images_per_s": round(runs * CONCURRENCY / wall, 1)}
+
+
+def _decode_cost(spec: Any, images: list[bytes]) -> dict[str, Any]:
+    """Per-image CPU of what the server does around the model: PNG decode and timm's
+    preprocessing (the logger's share is the logger benchmark's CPU per record)."""
+    from vitedit_ops.preprocess import Preprocessor, open_image
+
+    pre = Preprocessor(spec)
+    cpu = time.process_time()
+    for image in images:
+        pre.normalize(pre.pixels_from_pil(open_image(image))[None])
+    return {"decode_and_preprocess_us_per_image":
+            round((time.process_time() - cpu) / len(images) * 1e6, 1)}
+
+
+def _metric(port: int, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def _swaps_under_load(server: Any, home: Path, images: list[bytes], runs: dict[str, str],
+                      uri: str) -> dict[str, Any]:
+    """Clients at concurrency 32 while the alias moves 1 -> 2 -> 3 -> 2 (promote, promote,
+    rollback); then every answered prediction must be in the server's store exactly once,
+    under the version that answered it."""
+    import sqlalchemy as sa
+
+    from monitoring.schema import Prediction
+    from registry.promotion import promote, rollback
+    from serving.client import ServingClient
+
+    answered: list[tuple[str, str]] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def keep(status: int, body: dict[str, Any]) -> None:
+        with lock:
+            statuses.append(status)
+            if status == 200:
+                answered.extend((p["prediction_id"], p["version"]) for p in body["predictions"])
+    stop = threading.Event()
+    port = server.port
+    loop = threading.Thread(target=_closed_loop, args=(port, images, 0, keep, stop))
+    loop.start()
+    moves = []
+    try:
+        with ServingClient(server.url) as client:
+            for target, move in (("2", lambda: promote(runs["2"], user="bench", reason="bench",
+                                                       tracking_uri=uri)),
+                                 ("3", lambda: promote(runs["3"], user="bench", reason="bench",
+                                                       tracking_uri=uri)),
+                                 ("2", lambda: rollback(MODEL, user="bench", reason="bench",
+                                                        tracking_uri=uri))):
+                time.sleep(2.0)
+                started = time.perf_counter()
+                move()
+                while client.ready_version() != target:
+                    if time.perf_counter() - started > 300:
+                        raise RuntimeError(f"the server did not move to v{target} in 300 s")
+                    time.sleep(0.1)
+                moves.append({"to": target, "seconds": round(time.perf_counter() - started, 2)})
+            time.sleep(2.0)
+    finally:
+        stop.set()
+        loop.join()
+    dropped = _metric(port, "vitedit_serve_logger_records_total", outcome="dropped")
+    server.stop()  # SIGTERM: the queue is written before the exit
+    with open_store(f"sqlite:///{home / 'monitoring.db'}", migrate=False) as store:
+        with store.read() as conn:
+            stored = conn.execute(sa.select(Prediction.id, Prediction.model_version)
+                                  ).tuples().all()
+    ids = [pid for pid, _ in answered]
+    stored_map = dict(stored)
+    return {"swaps": moves, "requests": len(statuses),
+            "failed": sum(s != 200 for s in statuses),
+            "answered_predictions": len(ids), "distinct_ids": len(set(ids)),
+            "stored_rows": len(stored),
+            "versions_answered": sorted({v for _, v in answered}),
+            "missing": sum(pid not in stored_map for pid in ids),
+            "wrong_version": sum(stored_map.get(pid, v) != v for pid, v in answered),
+            "logger_dropped": dropped,
+            "exactly_once": (len(set(ids)) == len(ids) and set(ids) <= set(stored_map)
+                             and all(stored_map[p] == v for p, v in answered)
+                             and not any(s != 200 for s in statuses))}
+
+
+def _bench_serving(root: Path, quick: bool) -> dict[str, Any]:
+    from registry.base import register_base
+    from registry.mlflow_registry import publish_edit
+    from serving.process import ServeProcess
+    from vitedit_ops.export import export_onnx
+    from vitedit_ops.gate import build_suite
+    from vitedit_ops.imagefiles import png_bytes
+    from vitedit_ops.preprocess import Preprocessor
+    from vitedit_ops.models import save_model
+    from vitedit_ops.reference import load_reference_data
+    from vitedit_ops.settings import get_settings
+
+    from .gate import reference_sized_model
+
+    seconds = 5.0 if quick else 10.0
+    # the reference architecture with seeded weights (speed does not depend on them, and the
+    # shared reference cache may be locked by a build), on the reference's real digits
+    model, spec = reference_sized_model()
+    data = load_reference_data()
+    pixels = data.validation.pixels
+    images = [png_bytes(p) for p in pixels]
+    inputs = Preprocessor(spec).normalize(pixels)
+    home = root / "serve-home"
+    with _home(home):
+        uri = get_settings().resolved_mlflow_uri()
+        pool = data.locality
+        suite = build_suite(home / "suite", model, spec, pool.pixels, pool.labels, pool.ids)
+        onnx = export_onnx(model, spec.input_size, root / "base.onnx")
+        weights = save_model(model, spec, root / "base" / "model.safetensors")
+        base = register_base(weights, home / "suite", name=MODEL, onnx=onnx, tracking_uri=uri)
+        suite_inputs = Preprocessor(spec).normalize(pool.pixels)
+        runs = {base.version: base.run_id}
+        for version, seed in (("2", 2), ("3", 3)):
+            record = _edited(model, spec, suite, suite_inputs, seed,
+                             root / f"edit-{seed}.onnx")
+            runs[version] = publish_edit(record, uri).run_id
+        server = ServeProcess(MODEL, root / "serve.log", "--poll-interval", "0.5",
+                              env={"VITEDIT_HOME": str(home),
+                                   "VITEDIT_MLFLOW_TRACKING_URI": uri})
+        port = server.port
+        server.start()
+        try:
+            out: dict[str, Any] = {"model": "the reference ViT architecture (32x32, width "
+                                            "128, depth 6), seeded weights",
+                                   "store": "SQLite (the default)",
+                                   "concurrency": CONCURRENCY}
+            _closed_loop(port, images, 2.0)  # warm-up
+            out["bare_onnxruntime"] = _bare_ort(root / "base.onnx", inputs, seconds)
+            out["served"] = _closed_loop(port, images, seconds)
+            out["bare_onnxruntime_after"] = _bare_ort(root / "base.onnx", inputs, seconds)
+            bare = statistics.mean([out["bare_onnxruntime"]["images_per_s"],
+                                    out["bare_onnxruntime_after"]["images_per_s"]])
+            peak = out["served"]["images_per_s"]
+            out["served_to_bare_ratio"] = round(peak / bare, 3)
+            out["goal_ratio"] = SERVED_RATIO_GOAL
+            out["goal_met"] = out["served_to_bare_ratio"] >= SERVED_RATIO_GOAL
+            out["latency"] = {f"{int(level * 100)}%": _open_loop(port, images, level * peak,
+                                                                 seconds)
+                              for level in LOAD_LEVELS}
+            out["where_time_goes"] = _decode_cost(spec, images[:500])
+            out["where_time_goes"]["batch_sizes_mean"] = round(
+                _metric(port, "vitedit_serve_batch_size_sum")
+                / max(1.0, _metric(port, "vitedit_serve_batch_size_count")), 1)
+            out["alias_swaps"] = _swaps_under_load(server, home, images, runs, uri)
+        finally:
+            server.stop()
+    return out
+
+
+def run_benchmark(quick: bool) -> dict[str, Any]:
+    """Logger, file ingest and served throughput; see the module doc."""
+    out: dict[str, Any] = {
+        "quick": quick,
+        "note": ("QUICK MODE: fewer records and 5 s per serving measurement" if quick else
+                 "full sizes: 20,000 records per logger configuration, 10 s per serving "
+                 "measurement") + "; a shared 2-core machine: see the load averages",
+        "cpus": os.cpu_count(), "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    with tempfile.TemporaryDirectory(prefix="vitedit-bench-serving-") as tmp:
+        root = Path(tmp)
+        out["logger"] = _bench_logger(root, quick)
+        out["file_ingest"] = _bench_file_ingest(root, quick)
+        out["serving"] = _bench_serving(root, quick)
+    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The docs/BENCHMARKS.md section of one run: every ratio of the run side by side."""
+    lines = ["## Serving and logger throughput", "",
+             f"One `vitedit-ops bench --serving{' --quick' if results['quick'] else ''}` run "
+             f"({results['note']}); {results['cpus']} cores, load average "
+             f"{results['load_average_start'][0]} at the start and "
+             f"{results['load_average_end'][0]} at the end (other jobs shared the machine: "
+             "wall-clock rates are lower bounds, CPU per record is the steadier figure). "
+             "Results: `docs/serving-results.json`.", ""]
+    logger = results["logger"]
+    lines += [f"**Prediction logger** (goal >= {logger['goal_postgresql_per_s']:,} records/s "
+              f"into PostgreSQL; image: {logger['image']}):", "",
+              "| store | processes | images | records/s | CPU us/record | dropped |",
+              "|---|---|---|---|---|---|"]
+    for backend in ("sqlite", "postgresql"):
+        rows = logger[backend]
+        if "skipped" in rows:
+            lines.append(f"| {backend} | - | - | skipped: {rows['skipped']} | | |")
+            continue
+        for label, row in rows.items():
+            processes, images = label.split("_", 1)
+            lines.append(f"| {backend} | {processes[:-1]} | "
+                         f"{'a new one per record' if images == 'new_images' else 'already stored'}"
+                         f" | {row['per_s']:,} | {row['cpu_us_per_record']} | {row['dropped']} |")
+    ingest = results["file_ingest"]
+    lines += ["", f"**File ingest** ({ingest['records']:,} JSON Lines records, every image "
+              "read, verified, decoded and stored): "
+              + ", ".join(f"{b} {ingest[b]['per_s']:,}/s ({ingest[b]['cpu_us_per_record']} us "
+                          "CPU/record)" for b in ("sqlite", "postgresql")
+                          if "per_s" in ingest.get(b, {})), ""]
+    serving = results["serving"]
+    if "error" in serving:
+        return "\n".join(lines + [f"Serving: not measured ({serving['error']})"]) + "\n"
+    bare = (serving["bare_onnxruntime"]["images_per_s"],
+            serving["bare_onnxruntime_after"]["images_per_s"])
+    lines += [f"**Served** ({serving['model']}, logger into {serving['store']}, raw PNG "
+              f"bodies, concurrency {serving['concurrency']}):", "",
+              "| figure | value |", "|---|---|",
+              f"| bare onnxruntime, batch {serving['bare_onnxruntime']['batch']} (before, after) "
+              f"| {bare[0]:,} / {bare[1]:,} images/s |",
+              f"| `vitedit-ops serve`, 32 clients | {serving['served']['images_per_s']:,} "
+              f"images/s ({serving['served']['failed']} failed) |",
+              f"| served / bare (goal >= {serving['goal_ratio']}) | "
+              f"**{serving['served_to_bare_ratio']}** |",
+              f"| mean images per onnxruntime call | "
+              f"{serving['where_time_goes']['batch_sizes_mean']} |",
+              f"| PNG decode + timm preprocessing | "
+              f"{serving['where_time_goes']['decode_and_preprocess_us_per_image']} us CPU/image |"]
+    for level, row in serving["latency"].items():
+        lines.append(f"| {level} of peak ({row['target_per_s']}/s offered, "
+                     f"{row['achieved_per_s']}/s done) | p50 {row['p50_ms']} ms, "
+                     f"p99 {row['p99_ms']} ms, {row['failed']} failed |")
+    swaps = serving["alias_swaps"]
+    lines.append(f"| 3 alias swaps under load ({', '.join('v' + m['to'] for m in swaps['swaps'])}"
+                 f"; {swaps['requests']:,} requests, {swaps['failed']} failed) | "
+                 f"{swaps['answered_predictions']:,} answered, {swaps['stored_rows']:,} stored, "
+                 f"{swaps['missing']} missing, {swaps['wrong_version']} under another version: "
+                 f"exactly once **{swaps['exactly_once']}** |")
+    return "\n".join(lines) + "\n"
