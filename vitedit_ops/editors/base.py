@@ -233,6 +233,9 @@ def optimize_window(model: nn.Module, window: EditWindow, deltas: Sequence[Matri
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            with torch.no_grad():
+                for delta in deltas:
+                    delta.project_()
             steps += 1
     return steps, history, logits.argmax(-1).detach().cpu()
 
