@@ -331,11 +331,14 @@ def effective_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_patch(path: str | Path) -> Any:
-    """A plain or a scoped patch file, whichever ``path`` holds."""
+    """A plain, scoped or side patch file, whichever ``path`` holds."""
     from .patch import Patch
+    from .side import SIDE_FORMAT, SidePatch
 
-    header = saved_metadata(path)
-    return ScopedPatch.load(path) if header.get("format") == SCOPED_FORMAT else Patch.load(path)
+    found = saved_metadata(path).get("format")
+    if found == SIDE_FORMAT:
+        return SidePatch.load(path)
+    return ScopedPatch.load(path) if found == SCOPED_FORMAT else Patch.load(path)
 
 
 def all_keys(patches: Iterable[ScopedPatch]) -> torch.Tensor | None:

@@ -86,6 +86,7 @@ class Editor:
     """Base class: subclasses build their deltas; the loop and bookkeeping are shared."""
 
     name = "editor"
+    needs_preserved = False  # True: refuses to edit without a preserved pool
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              ) -> EditResult:

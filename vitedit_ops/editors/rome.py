@@ -97,6 +97,7 @@ class RomeEditor(Editor):
     preserved: torch.Tensor | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
     name: str = "rome"
+    needs_preserved = True
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
         images, labels = validate_edit_inputs(model, images, labels)
