@@ -35,6 +35,10 @@ class MatrixDelta(nn.Module):
     def patch_entry(self) -> tuple[str, str, torch.Tensor | None, torch.Tensor]:
         return self.weight_name, "dense", None, self.dense().detach()
 
+    def project_(self) -> None:
+        """Called after every optimiser step: a delta with a constraint puts its parameters
+        back inside it (ROME's value-norm ball); unconstrained deltas keep them."""
+
     def penalty_l1(self) -> torch.Tensor:
         return sum(p.abs().sum() for p in self.parameters())
 

@@ -4,6 +4,7 @@ for every kind of bad input."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ import pytest
 from PIL import Image
 
 from vitedit_ops.hypernet import new_hypernet
-from vitedit_ops.models import ModelSpec, save_model
+from vitedit_ops.models import ModelSpec, fingerprint, save_model
 from vitedit_ops.patch import Patch
+from vitedit_ops.scoped import load_patch
 from vitedit_ops.sites import edit_window
 
 from ..cli_run import run
@@ -46,6 +48,71 @@ def test_edit_writes_a_patch_and_prints_a_table(workspace, capsys):
     assert "img0.png" in out and "success=" in out
     patch = Patch.load(tmp / "p.safetensors")
     assert set(patch.params) <= set(edit_window(tiny_vit()).weight_names)
+
+
+def _pool_folder(tmp, images, count: int = 6):
+    """A preserved-pool folder: ``count`` fresh images plus a copy of one edit image."""
+    folder = tmp / "preserved"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+            folder / f"keep{i}.png")
+    shutil.copy(images[0], folder / "edit-copy.png")
+    return folder
+
+
+@pytest.mark.parametrize("method", ["rome", "t_patcher", "localized"])
+def test_edit_with_a_preserved_pool_folder(workspace, capsys, method):
+    """The editors that use a preserved pool get the folder's images, minus the edit images."""
+    tmp, ckpt, images = workspace
+    folder = _pool_folder(tmp, images)
+    code, out = run(["edit", *images, "--label", 2, "--checkpoint", ckpt, "--method", method,
+                     "--lr", 3e-2, "--steps", 20, "--preserved", folder,
+                     "--out", tmp / "p.safetensors"], capsys)
+    assert code in (0, 1), out
+    assert "preserved images=6" in " ".join(out.split())  # the edit image copy is not
+    patch = load_patch(tmp / "p.safetensors")
+    model = tiny_vit()
+    base = fingerprint(model)
+    patch.apply(model)
+    assert fingerprint(model) != base
+    patch.revert(model)
+    assert fingerprint(model) == base
+
+
+@pytest.mark.parametrize("method", ["rome", "t_patcher"])
+def test_an_editor_that_needs_a_preserved_pool_names_the_option_with_exit_2(workspace,
+                                                                              method):
+    """Through the installed entry point in its own process."""
+    tmp, ckpt, images = workspace
+    done = subprocess.run(
+        [sys.executable, "-c", "from vitedit_ops.cli import main; main()", "edit",
+         str(images[0]), "--label", "1", "--checkpoint", str(ckpt), "--method", method],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "VITEDIT_HOME": str(tmp / "home")})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert f"--method {method} needs a preserved pool: pass --preserved FOLDER" in lines[0]
+
+
+@pytest.mark.parametrize("case,match", [
+    ("pool_missing", "does not exist"), ("pool_only_edit_images", "every image"),
+    ("pool_nan", "must be finite"),
+])
+def test_a_bad_preserved_pool_is_one_clear_line_and_exit_2(workspace, capsys, case, match):
+    tmp, ckpt, images = workspace
+    folder = tmp / "pool"
+    if case != "pool_missing":
+        folder.mkdir()
+        shutil.copy(images[1], folder / "same.png")
+    if case == "pool_nan":
+        np.save(folder / "nan.npy", np.full((3, 16, 16), np.nan, dtype=np.float32))
+    code, out = run(["edit", *images, "--label", 1, "--checkpoint", ckpt, "--method", "rome",
+                     "--preserved", folder], capsys)
+    assert code == 2 and match in out, out
+    assert "Traceback" not in out
+    assert len([line for line in out.splitlines() if line.strip()]) <= 3
 
 
 @pytest.mark.parametrize("case,match", [

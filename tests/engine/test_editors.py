@@ -12,10 +12,6 @@ from vitedit_ops.sites import edit_window
 from .conftest import tiny_swin, tiny_vit
 
 
-# the paper's other baselines, on the same footing
-BASELINES = ["grace", "t_patcher", "rome", "rome_lora", "kn", "serac"]
-
-
 def _pool(model, count: int = 24) -> torch.Tensor:
     """Images whose predictions must hold, shaped for ``model``."""
     size = 32 if "swin" in type(model).__name__.lower() else 16
@@ -68,15 +64,17 @@ def test_full_finetuning_fixes_a_batch(vit, batch):
     assert result.success and result.reliability == 1.0
 
 
-def test_localized_editor_on_swin(batch):
+@pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora", "kn",
+                                  "rome", "rome_lora"])
+def test_window_editors_touch_only_the_window_ffns_of_a_swin(name):
     swin = tiny_swin()
-    images = torch.randn(2, 3, 32, 32)
-    result = _editor("localized", swin).edit(swin, images, torch.tensor([1, 3]))
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    result = _editor(name, swin).edit(swin, images, torch.tensor([1, 3]))
     assert set(result.patch.params) <= set(edit_window(swin).weight_names)
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_every_baseline_edits_a_swin_and_reverts_exactly(name):
+@pytest.mark.parametrize("name", list_editors())
+def test_every_editor_edits_a_swin_and_reverts_exactly(name):
     swin = tiny_swin()  # hierarchical: the window spans two stages of different FFN widths
     assert len({s.hidden for s in edit_window(swin).sites}) > 1
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -84,6 +82,7 @@ def test_every_baseline_edits_a_swin_and_reverts_exactly(name):
     base = fingerprint(swin)
     result = _editor(name, swin, max_steps=60).edit(swin, images, labels)
     assert fingerprint(swin) == base and result.steps <= 60
+    assert result.method == name
     result.patch.apply(swin)
     assert torch.equal(swin(images).argmax(-1), result.predictions_after)
     result.patch.revert(swin)
@@ -110,13 +109,24 @@ def test_localized_editor_accepts_a_descendant_of_its_base(vit, batch):
 
 @pytest.mark.parametrize("labels,match", [(torch.tensor([0, 1, 9]), "out of range"),
                                           (torch.tensor([0, 1]), "labels")])
-@pytest.mark.parametrize("name", ["window_ft"] + BASELINES)
+@pytest.mark.parametrize("name", list_editors())
 def test_bad_edit_input_is_named(name, vit, batch, labels, match):
     with pytest.raises(InvalidInputError, match=match):
         _editor(name, vit).edit(vit, batch[0], labels)
 
 
-@pytest.mark.parametrize("name", ["window_ft"] + BASELINES)
+@pytest.mark.parametrize("name", list_editors())
+def test_bad_edit_images_are_named(name, vit, batch):
+    images, labels = batch
+    with pytest.raises(InvalidInputError, match=r"\(N, C, H, W\)"):
+        _editor(name, vit).edit(vit, images[0], labels[:1])
+    nan = images.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="NaN"):
+        _editor(name, vit).edit(vit, nan, labels)
+
+
+@pytest.mark.parametrize("name", list_editors())
 def test_nan_weights_are_refused(name, vit, batch):
     with torch.no_grad():
         vit.blocks[0].attn.qkv.weight[0, 0] = float("nan")

@@ -38,6 +38,31 @@ def test_rome_writes_its_value_for_its_key_and_little_elsewhere(vit):
     assert written > 0 and (change @ pool_keys.T).norm(dim=0).mean() < 0.5 * written
 
 
+def test_rome_clamps_the_value_norm_relative_to_the_keys_current_value(vit):
+    """ROME's compute_v projection: ||lam|| <= factor * ||W k* + b||, the paper's factor 4
+    by default; without the clamp the same edit writes a larger value."""
+    pool, images, labels = _images(40, 1), _images(3, 2, offset=2.0), torch.tensor([0, 0, 0])
+    assert create_editor("rome").clamp_norm_factor == 4.0
+    written = {}
+    for factor in (0.05, float("inf")):
+        result = create_editor("rome", preserved=pool, lr=3e-2, max_steps=20,
+                               clamp_norm_factor=factor).edit(vit, images, labels)
+        site = edit_window(vit).sites[result.settings["site"] - edit_window(vit).start]
+        key = token_mean(fc2_inputs(vit, site, images), 1).mean(0)
+        with torch.no_grad():
+            current = site.fc2(vit)(key).norm()
+        (entry,) = result.patch.entries
+        written[factor] = float(((entry.after - entry.before) @ key).norm() / current)
+        assert result.settings["value_norm_limit"] == pytest.approx(factor * float(current),
+                                                                    rel=1e-4)
+    assert written[0.05] <= 0.05 * (1 + 1e-3)
+    assert written[float("inf")] > 2 * 0.05
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvalidInputError, match="clamp_norm_factor"):
+            create_editor("rome", preserved=pool, clamp_norm_factor=bad).edit(vit, images,
+                                                                              labels)
+
+
 def test_rome_and_t_patcher_refuse_to_edit_without_a_preserved_pool(vit):
     images, labels = _images(2, 3), torch.tensor([0, 1])
     with pytest.raises(InvalidInputError, match="covariance"):

@@ -18,6 +18,10 @@ def bench(
     out: Path | None = typer.Option(None, help="Results directory (default bench-results/<time>)."),
     cases: int | None = typer.Option(None, min=2, help="Paired edit cases (half select, half "
                                      "report; default 60, 6 with --quick)."),
+    sequential_edits: int | None = typer.Option(None, "--sequential-edits", min=1,
+                                                help="Groups edited in a row by the "
+                                                "sequential benchmark (default 20, 3 with "
+                                                "--quick)."),
     write_docs: bool | None = typer.Option(None, "--write-docs/--no-write-docs",
                                            help="Copy the report to docs/ (default: full runs "
                                            "of every family or variant)."),
@@ -59,7 +63,8 @@ def bench(
     out = out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     console.print("loading (or building) the reference model and its hypernetwork ...")
     reference, hypernet = load_reference_with_hypernet(progress=True)
-    config = BenchConfig(quick=quick, cases=cases, include_cost=cost,
+    config = BenchConfig(quick=quick, cases=cases, sequential_edits=sequential_edits,
+                         include_cost=cost,
                          include_components=components, workers=workers, resume=resume,
                          families=tuple(family))
     results = run_benchmark(reference, hypernet, config, out,

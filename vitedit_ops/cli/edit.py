@@ -28,6 +28,23 @@ def _parse_window(window: str | None) -> tuple[int | None, int | None]:
     return start, end
 
 
+def _preserved_pool(folder: Path, preprocessor, edit_pixels):
+    """The images in ``folder`` as model inputs, minus any edit image (by pixel hash): a pool
+    image is one whose prediction must hold, an edit image one whose prediction must change."""
+    import torch
+
+    from ..gate import image_hashes
+    from ..imagefiles import image_paths
+
+    pixels = torch.stack([preprocessor.pixels_from_file(p) for p in image_paths([], folder)])
+    edited = set(image_hashes(edit_pixels))
+    keep = [i for i, digest in enumerate(image_hashes(pixels)) if digest not in edited]
+    if not keep:
+        raise InvalidInputError(f"every image in {folder} is an edit image: the preserved pool "
+                                "must hold images whose predictions stay")
+    return preprocessor.normalize(pixels[keep])
+
+
 def edit(
     images: list[Path] = typer.Argument(None, help="Image files (or .npy arrays) to fix."),
     label: int = typer.Option(..., "--label", "-l", help="True class of the images."),
@@ -50,6 +67,10 @@ def edit(
     steps: int | None = typer.Option(None, help="Step limit (default: the product's)."),
     window: str | None = typer.Option(None, help="FFN blocks START-END (default: the "
                                                 "hypernetwork's, else ~3/4 depth)."),
+    preserved: Path | None = typer.Option(
+        None, help="Folder of images whose predictions must hold (never the gate suite's): "
+                   "ROME's key covariance, T-Patcher's memory loss, the product's null-space "
+                   "confinement. Needed by rome and t_patcher."),
     out: Path = typer.Option(Path("patch.safetensors"), "--out", "-o",
                              help="Where to write the patch."),
 ) -> None:
@@ -57,17 +78,24 @@ def edit(
     it); print the result and write the sparse patch."""
     import torch
 
-    from ..editors import PRODUCT, create_editor
+    from ..editors import PRODUCT, create_editor, needs_preserved, takes_preserved
     from ..hypernet import MaskHypernet
     from ..imagefiles import image_paths
     from ..preprocess import Preprocessor
 
+    if preserved is None and needs_preserved(method):
+        raise InvalidInputError(f"--method {method} needs a preserved pool: pass --preserved "
+                                "FOLDER (images whose predictions must hold)")
     paths = image_paths(images or [], folder)
     model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     if not 0 <= label < spec.num_classes:
         raise InvalidInputError(f"label {label} is out of range 0..{spec.num_classes - 1}")
-    inputs = Preprocessor(spec).from_files(paths)
+    preprocessor = Preprocessor(spec)
+    pixels = torch.stack([preprocessor.pixels_from_file(p) for p in paths])
+    inputs = preprocessor.normalize(pixels)
     labels = torch.full((len(inputs),), label, dtype=torch.long)
+    pool = (_preserved_pool(preserved, preprocessor, pixels)
+            if preserved is not None and takes_preserved(method) else None)
     directory = hypernet or checkpoint.parent / "hypernet"
     found = (directory / "hypernet.json").is_file()
     if method == "localized" and not found:
@@ -77,7 +105,7 @@ def edit(
     options = {**PRODUCT.options, "keep_fraction": keep, "lr": lr,
                "optimizer": optimizer, "max_steps": steps}
     editor = create_editor(method, hypernet=MaskHypernet.load(directory) if found else None,
-                           window=(start, end) if window else None,
+                           window=(start, end) if window else None, preserved=pool,
                            **{k: v for k, v in options.items() if v is not None})
     result = editor.edit(model, inputs, labels)
     result.patch.save(out)
@@ -91,7 +119,8 @@ def edit(
     console.print(table)
     console.print(f"success={result.success} steps={result.steps} "
                   f"time={result.seconds:.2f}s changed values={result.patch.num_values} "
-                  f"kept fraction={result.kept_fraction:.3f}")
+                  f"kept fraction={result.kept_fraction:.3f} "
+                  f"preserved images={0 if pool is None else len(pool)}")
     if not result.success:
         raise typer.Exit(1)
 

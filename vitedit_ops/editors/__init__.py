@@ -56,6 +56,11 @@ def takes_preserved(name: str) -> bool:
     return any(f.name == "preserved" for f in fields(EDITORS.get(name)))
 
 
+def needs_preserved(name: str) -> bool:
+    """Whether editor ``name`` refuses to edit without a preserved pool (ROME, T-Patcher)."""
+    return EDITORS.get(name).needs_preserved
+
+
 def _all_options() -> set[str]:
     return set().union(*(editor_options(n) for n in list_editors()))
 
@@ -109,6 +114,7 @@ __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_S
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
            "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KnowledgeNeuronsEditor",
            "LoRAEditor", "LocalizedEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
-           "RomeEditor", "RomeLoRAEditor", "SeracEditor", "TPatcherEditor", "WindowFinetuneEditor",
-           "create_editor", "default_optim", "editor_options", "list_editors", "register_editor",
-           "takes_preserved"]
+           "RomeEditor", "RomeLoRAEditor", "SeracEditor", "TPatcherEditor",
+           "WindowFinetuneEditor",
+           "create_editor", "default_optim", "editor_options", "list_editors", "needs_preserved",
+           "register_editor", "takes_preserved"]

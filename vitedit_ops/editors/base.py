@@ -86,6 +86,7 @@ class Editor:
     """Base class: subclasses build their deltas; the loop and bookkeeping are shared."""
 
     name = "editor"
+    needs_preserved = False  # True: refuses to edit without a preserved pool
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              ) -> EditResult:
@@ -233,6 +234,9 @@ def optimize_window(model: nn.Module, window: EditWindow, deltas: Sequence[Matri
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            with torch.no_grad():
+                for delta in deltas:
+                    delta.project_()
             steps += 1
     return steps, history, logits.argmax(-1).detach().cpu()
 

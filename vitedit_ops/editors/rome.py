@@ -16,6 +16,11 @@ then acts on every token in proportion to its alignment with ``u``.
 ``C`` is the second moment of the ``fc1`` activations of every token of the preserved pool
 (plus ``ridge`` times its mean diagonal), never of the gate's suite: the images the change
 must leave alone decide which directions it may use.
+
+As in ROME's ``compute_v``, ``lam`` is projected after every step into the ball of radius
+``clamp_norm_factor`` times the norm of the value the key reads now (``W k* + b``); the
+paper's default factor is 4. Without it ``C^-1`` lets the value grow wherever the pool's
+variance is low (fc2's norm grew 12-21x over three sequential edits); ``inf`` turns it off.
 """
 
 from __future__ import annotations
@@ -34,16 +39,24 @@ from .base import (Editor, EditResult, OptimConfig, frozen, register_editor,
 from .grace import pick_site, token_mean
 
 COVARIANCE_IMAGES = 256  # preserved images whose tokens estimate the key covariance
+CLAMP_NORM_FACTOR = 4.0  # ROME's clamp_norm_factor (its GPT-2 XL and GPT-J settings)
 
 
 class RankOneDelta(MatrixDelta):
     """``fc2 += lam u^T``: ``u`` fixed by the key and the covariance, ``lam`` trained."""
 
-    def __init__(self, site: FFNSite, direction: torch.Tensor) -> None:
+    def __init__(self, site: FFNSite, direction: torch.Tensor,
+                 max_norm: float = float("inf")) -> None:
         super().__init__()
         self.weight_name, self.which = site.fc2_weight, "fc2"
         self.register_buffer("direction", direction.detach().float())
         self.value = nn.Parameter(torch.zeros(site.in_features))
+        self.max_norm = max_norm
+
+    def project_(self) -> None:
+        norm = float(self.value.norm())
+        if norm > self.max_norm:
+            self.value.mul_(self.max_norm / norm)
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return out + (x @ self.direction)[..., None] * self.value
@@ -73,15 +86,18 @@ def rome_direction(key: torch.Tensor, pool_keys: torch.Tensor, ridge: float) -> 
 class RomeEditor(Editor):
     """ROME's rank-one ``fc2`` update at window block ``site`` (default: the window's middle).
 
-    Needs a preserved pool for the key covariance.
+    Needs a preserved pool for the key covariance. ``clamp_norm_factor`` bounds the value's
+    norm relative to the key's current value (``inf``: unbounded).
     """
 
     window: tuple[int, int] | None = None
     site: int | None = None  # position in the window; None: its middle block
     ridge: float = 1e-2
+    clamp_norm_factor: float = CLAMP_NORM_FACTOR
     preserved: torch.Tensor | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
     name: str = "rome"
+    needs_preserved = True
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
         images, labels = validate_edit_inputs(model, images, labels)
@@ -89,6 +105,9 @@ class RomeEditor(Editor):
             raise InvalidInputError("ROME needs a preserved pool for its key covariance")
         if not self.ridge >= 0:
             raise InvalidInputError(f"ROME's ridge must be >= 0, got {self.ridge}")
+        if not self.clamp_norm_factor > 0:
+            raise InvalidInputError("ROME's clamp_norm_factor must be > 0 (inf: no clamp), "
+                                    f"got {self.clamp_norm_factor}")
         window = edit_window(model, *(self.window or (None, None)))
         position = len(window.sites) // 2 if self.site is None else self.site
         site = pick_site(window, position)
@@ -97,7 +116,13 @@ class RomeEditor(Editor):
             key = token_mean(fc2_inputs(model, site, images), prefix).mean(0)
             pool = self.preserved[:COVARIANCE_IMAGES].to(images.device)
             pool_keys = fc2_inputs(model, site, pool).flatten(0, -2)
-            delta = RankOneDelta(site, rome_direction(key, pool_keys, self.ridge))
-        return window_edit(self.name, model, EditWindow((site,)), [delta], images, labels,
-                           self.optim, settings={"ridge": self.ridge, "site": site.index,
-                                                 "covariance_tokens": len(pool_keys)})
+            current = float(site.fc2(model)(key).norm())  # the value the key reads now
+            delta = RankOneDelta(site, rome_direction(key, pool_keys, self.ridge),
+                                 max_norm=self.clamp_norm_factor * current)
+        result = window_edit(self.name, model, EditWindow((site,)), [delta], images, labels,
+                             self.optim, settings={"ridge": self.ridge, "site": site.index,
+                                                   "covariance_tokens": len(pool_keys),
+                                                   "clamp_norm_factor": self.clamp_norm_factor,
+                                                   "value_norm_limit": delta.max_norm})
+        result.settings["value_norm"] = float(delta.value.detach().norm())
+        return result

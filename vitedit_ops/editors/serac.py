@@ -162,6 +162,7 @@ class SeracEditor(Editor):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2, max_steps=200,
                                                                    ce_target=0.05))
     name: str = "serac"
+    needs_preserved = True
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:

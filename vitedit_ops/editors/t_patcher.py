@@ -164,6 +164,7 @@ class TPatcherEditor(Editor):
     preserved: torch.Tensor | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
     name: str = "t_patcher"
+    needs_preserved = True
 
     def __post_init__(self) -> None:
         if self.neurons < 1:
