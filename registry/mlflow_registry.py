@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from . import artifacts, description, versions
+from . import artifacts, description, signing, versions
 from .client import Connection, connect, experiment_id, first_line, translate_errors
 from .errors import RegistryError
 from .promotion import REGISTER_BASE, move_alias
@@ -146,6 +146,7 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
         return _registration(done[0], created=False)
     with tempfile.TemporaryDirectory() as tmp, translate_errors(f"read run {run_id}"):
         text = Path(client.download_artifacts(run_id, artifacts.DESCRIPTION, tmp)).read_text()
+    keys = signing.configured_keys()  # an unusable key fails here, before anything is made
     _ensure_registered_model(client, name)
     model_id = tags[versions.ONNX_MODEL_ID]
     with translate_errors(f"create a version of {name}"):
@@ -161,6 +162,7 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
             move_alias(client, name, versions.CHAMPION, version, REGISTER_BASE)
         elif tags.get(versions.GATE) == "passed":
             client.set_registered_model_alias(name, versions.CHALLENGER, version)
+        signing.sign_version(client, versions.get(client, name, version), keys)
         client.set_model_version_tag(name, version, versions.STATUS, versions.READY)
     except Exception as exc:
         _abandon(conn, name, version)

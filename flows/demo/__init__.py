@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -59,6 +60,15 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _signing_key(demo_home: Path) -> None:
+    """Without a configured key the demo makes its own (0600, beside its stores, not in
+    MLflow's): versions are signed at registration and serving checks them."""
+    if not (os.environ.get("VITEDIT_SIGNING_KEY") or os.environ.get("VITEDIT_SIGNING_KEY_FILE")):
+        from registry.signing import create_key_file
+
+        os.environ["VITEDIT_SIGNING_KEY_FILE"] = str(create_key_file(demo_home / "signing.key"))
+
+
 def run_demo(fresh: bool = False, console: Console | None = None) -> None:
     """The whole demo; see the module docstring."""
     console = console or Console()
@@ -69,6 +79,7 @@ def run_demo(fresh: bool = False, console: Console | None = None) -> None:
     for variable in ("VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
                      "VITEDIT_IMAGE_STORE_URL", "VITEDIT_REGISTERED_MODEL"):
         os.environ.pop(variable, None)
+    _signing_key(demo_home)
     _quiet_prefect()
     timer = Timer()
     from ..prefect_api import prefect_api
