@@ -84,6 +84,19 @@ def create_key_file(path: str | Path) -> Path:
     return path
 
 
+def use_local_key(directory: Path) -> Path | None:
+    """For self-contained runs (the demo, the continual benchmark): when no key is configured,
+    make one in ``directory`` (beside their stores, not in MLflow's) and configure it through
+    the environment. Returns the new file, or None when a key was configured already."""
+    if os.environ.get("VITEDIT_SIGNING_KEY") or os.environ.get("VITEDIT_SIGNING_KEY_FILE"):
+        return None
+    path = directory / "signing.key"
+    if not path.exists():
+        create_key_file(path)
+    os.environ["VITEDIT_SIGNING_KEY_FILE"] = str(path)
+    return path
+
+
 def read_key_file(path: Path) -> SigningKey:
     """The key in ``path``; refuses a file others can read or a key under 32 bytes."""
     try:

@@ -17,7 +17,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -60,15 +59,6 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _signing_key(demo_home: Path) -> None:
-    """Without a configured key the demo makes its own (0600, beside its stores, not in
-    MLflow's): versions are signed at registration and serving checks them."""
-    if not (os.environ.get("VITEDIT_SIGNING_KEY") or os.environ.get("VITEDIT_SIGNING_KEY_FILE")):
-        from registry.signing import create_key_file
-
-        os.environ["VITEDIT_SIGNING_KEY_FILE"] = str(create_key_file(demo_home / "signing.key"))
-
-
 def run_demo(fresh: bool = False, console: Console | None = None) -> None:
     """The whole demo; see the module docstring."""
     console = console or Console()
@@ -79,7 +69,9 @@ def run_demo(fresh: bool = False, console: Console | None = None) -> None:
     for variable in ("VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
                      "VITEDIT_IMAGE_STORE_URL", "VITEDIT_REGISTERED_MODEL"):
         os.environ.pop(variable, None)
-    _signing_key(demo_home)
+    from registry.signing import use_local_key
+
+    use_local_key(demo_home)  # no key configured: the demo's own, so versions are signed
     _quiet_prefect()
     timer = Timer()
     from ..prefect_api import prefect_api
