@@ -89,7 +89,10 @@ class Server:
 
 
 def new_mlflow_server(root: Path, port: int) -> Server:
-    """``mlflow server`` with one worker on a SQLite store under ``root`` (restartable)."""
+    """``mlflow server`` with one worker on a SQLite store under ``root`` (restartable).
+
+    MLflow 3's job runner (a huey consumer per job queue: 9 processes, ~170 MB each) is off:
+    nothing here submits MLflow jobs, and on 2 shared cores it slowed every server test."""
     return Server([str(BIN / "mlflow"), "server",
                    "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                    "--default-artifact-root", (root / "artifacts").as_uri(),
@@ -97,7 +100,9 @@ def new_mlflow_server(root: Path, port: int) -> Server:
                   f"http://127.0.0.1:{port}", "/health", root,
                   # registry webhooks to a loopback `vitedit-ops serve` (docs/serving.md);
                   # the webhook list is cached for 1 s, not 60, so a new hook fires at once
-                  {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http",
+                  {"MLFLOW_DISABLE_TELEMETRY": "true",
+                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                   "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http",
                    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "1"})
 
 
