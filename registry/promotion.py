@@ -82,14 +82,15 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, action
                        at=datetime.now(UTC).isoformat(timespec="seconds"), forced=forced,
                        reason=reason, overridden=overridden)
     with translate_errors(f"move {name}@{alias} to v{version}"):
-        client.set_registered_model_alias(name, alias, version)
-        # signed before the version tags: their webhooks make serving look again once it holds
-        signing.sign_grant(client, name, signing.Grant(alias, version, event.seq, action,
-                                                       event.by, event.at))
+        # the version's tags and the signed move first, the alias last: whoever sees the alias
+        # on the version (serving, a webhook) sees it complete and vouched for
         for field in ("action", "by", "at", "previous", "forced", "reason", "overridden"):
             client.set_model_version_tag(name, version, versions.alias_tag(alias, field),
                                          str(getattr(event, field)).lower()
                                          if field == "forced" else str(getattr(event, field)))
+        signing.sign_grant(client, name, signing.Grant(alias, version, event.seq, action,
+                                                       event.by, event.at))
+        client.set_registered_model_alias(name, alias, version)
         body = {k: v for k, v in asdict(event).items() if k not in ("seq", "alias")}
         client.set_registered_model_tag(name, f"{_event_prefix(alias)}{event.seq:06d}",
                                         json.dumps(body, sort_keys=True))
