@@ -9,6 +9,7 @@ hashes) and found that the latest signed ``vitedit-ops`` move of the alias put i
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -67,11 +68,17 @@ def resolve(name: str, tracking_uri: str | None = None) -> VersionInfo:
 
 
 def signed_move(info: VersionInfo, tracking_uri: str | None = None) -> str:
-    """The champion alias's signed-move tag as stored (empty when none): a refusal is
-    reconsidered when it changes, e.g. once ``vitedit-ops promote`` vouches for the holder."""
+    """The champion alias's signed-move tag as stored if it names ``info`` (else empty): a
+    refusal is reconsidered when it changes, e.g. once ``vitedit-ops promote`` vouches for the
+    holder, not when a move of another version is being recorded (verified at load, not here)."""
     with translate_errors(f"read registered model {info.name}"):
         model = connect(tracking_uri).client.get_registered_model(info.name)
-    return model.tags.get(grant_tag(CHAMPION), "")
+    value = model.tags.get(grant_tag(CHAMPION), "")
+    try:
+        names = str(json.loads(value)["record"]["version"]) == info.version
+    except (ValueError, KeyError, TypeError):
+        names = False
+    return value if names else ""
 
 
 def load(info: VersionInfo, tracking_uri: str | None = None,
