@@ -2,7 +2,8 @@
 
 Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. Prefect, MLflow and
 torch are imported inside the commands, so every other command starts as fast as before.
-Exit codes of ``nightly``: 0 done (or nothing to do), 3 the gate failed, 2 bad input.
+Exit codes of ``nightly``: 0 done (or nothing to do), 3 the gate failed, 2 bad input,
+4 infrastructure, 1 any other failure.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 
 EXIT_GATE_FAILED = 3
+EXIT_FAILED = 1  # a failure no error class names (bad input 2, infrastructure 4)
 
 Model = Annotated[str | None, typer.Option(
     "--model", help="Registered (and monitored) model name (default: VITEDIT_REGISTERED_MODEL).")]
@@ -40,16 +42,24 @@ def nightly(
                        "flows.config.EditSettings).")] = [],  # noqa: B006
     gate: Annotated[list[str], typer.Option(
         "--set", help="Gate threshold override NAME=VALUE (repeatable).")] = [],  # noqa: B006
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Print Prefect's progress lines too.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Print Prefect's logging as it is, tracebacks included.")] = False,
 ) -> None:
-    """Run the nightly-edit flow once, here, and print what it did."""
+    """Run the nightly-edit flow once, here, and print what it did. A failed night prints one
+    line (exit 2 bad input, 4 infrastructure, 1 anything else); its traceback is in the
+    Prefect run's logs, or on the console with --debug."""
     from pydantic import ValidationError
     from rich.console import Console
 
-    from vitedit_ops.errors import InvalidInputError
+    from registry.client import first_line
+    from vitedit_ops.errors import InvalidInputError, VitEditError
     from vitedit_ops.gate import GateConfig
     from vitedit_ops.settings import get_settings
 
     from .config import EditSettings
+    from .console import flow_console
     from .display import print_night
     from .nightly import nightly_edit
     from .prefect_api import prefect_api
@@ -63,9 +73,20 @@ def nightly(
         raise InvalidInputError(f"bad --edit {where}: {error['msg']}") from None
     overrides = GateConfig().with_overrides(gate).to_dict()
     thresholds = {k: overrides[k] for k in _assignments(gate, "--set")}
-    with prefect_api():
-        result = nightly_edit(model=model, lookback_days=lookback_days, edit_settings=settings,
-                              gate=thresholds, auto_promote=auto_promote, device=device)
+    with prefect_api(), flow_console(verbose=verbose, debug=debug):
+        try:
+            result = nightly_edit(model=model, lookback_days=lookback_days,
+                                  edit_settings=settings, gate=thresholds,
+                                  auto_promote=auto_promote, device=device)
+        except VitEditError:
+            raise  # one line and its exit code (vitedit_ops.cli.main)
+        except Exception as exc:
+            if debug:
+                raise
+            Console(stderr=True).print(
+                f"[bold red]error:[/] the night failed: {first_line(exc)} (traceback in the "
+                "Prefect run's logs; --debug prints it)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_FAILED) from None
     print_night(result, Console(), get_settings().resolved_mlflow_uri())
     if result.status in (REGISTERED, ALREADY_REGISTERED) and not result.gate_passed:
         raise typer.Exit(EXIT_GATE_FAILED)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vitedit_ops.editors import (OPTIMIZERS, PRODUCT, PRODUCT_SCOPED, editor_options,
                                  list_editors, takes_preserved)
+from vitedit_ops.gate import GateConfig
 
 KEY_PREFIX = "nightly-"
 EditorName = Literal[tuple(list_editors())]  # type: ignore[valid-type]
@@ -166,6 +167,38 @@ class EditSettings(BaseModel):
     def editor_options(self) -> dict[str, Any]:
         """Keyword arguments of ``create_editor`` besides the hypernetwork/window/pool."""
         return {name: getattr(self, name) for name in EDITOR_FIELDS}
+
+
+_GATE = GateConfig()
+
+
+class GateThresholds(BaseModel):
+    """The gate's thresholds (``vitedit_ops.gate.GateConfig``), each with its default, so a
+    deployment's run form shows what a night is held to; the gate validates the values."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo must not loosen a gate
+
+    reliability_min: float = Field(_GATE.reliability_min, description="Share of the edit "
+                                   "images the candidate must now get right.")
+    generalization_min: float = Field(_GATE.generalization_min, description="Share of the "
+                                      "edited groups' held-out images it must fix.")
+    locality_min: float = Field(_GATE.locality_min, description="Share of the suite's clean "
+                                "images whose top-1 prediction must not change.")
+    sensitive_min: float = Field(_GATE.sensitive_min, description="The same share on the "
+                                 "suite's sensitive (small-margin) images.")
+    retention_min: float = Field(_GATE.retention_min, description="Share of earlier nights' "
+                                 "fixed images that must still be right.")
+    accuracy_drop_max: float = Field(_GATE.accuracy_drop_max, description="Largest drop of "
+                                     "labelled clean accuracy, in percentage points.")
+    norm_growth_max: float = Field(_GATE.norm_growth_max, description="Largest Frobenius-norm "
+                                   "ratio of any changed weight.")
+    onnx_max_abs_diff: float = Field(_GATE.onnx_max_abs_diff, description="Largest |logit "
+                                     "difference| between torch and onnxruntime.")
+    onnx_top1_agreement_min: float = Field(_GATE.onnx_top1_agreement_min, description="Share "
+                                           "of identical top-1 classes, torch vs ONNX.")
+
+    def config(self) -> GateConfig:
+        return GateConfig.from_mapping(self.model_dump())
 
 
 def idempotency_key(model: str, champion_version: str, champion_fingerprint: str,

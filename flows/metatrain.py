@@ -32,7 +32,7 @@ class MetaTrainSettings(BaseModel):
     iterations: int = Field(500, ge=1, description="Episode batches.")
     batch_size: int = Field(8, ge=1, description="Episodes per batch.")
     inner_lr: float = Field(1e-2, gt=0, description="Inner masked-step learning rate.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the episodes and the hypernetwork's init.")
 
     def config(self) -> MetaTrainConfig:
         return MetaTrainConfig(iterations=self.iterations, batch_size=self.batch_size,
@@ -61,12 +61,20 @@ def register(name: str, version: str, directory: Path, spec: ModelSpec,
 
 @flow(name="meta-train")
 def meta_train_flow(images: str, model: str | None = None, version: str | None = None,
-                    settings: MetaTrainSettings | None = None,
+                    settings: MetaTrainSettings = MetaTrainSettings(),  # noqa: B008 - form
                     preserved_images: str | None = None) -> RegisteredHypernet:
-    """Train the hypernetwork of a base version (default: the champion's lineage root) on a
-    folder of unlabeled images like production's, and store it with that version, with the
-    held-out images of ``preserved_images`` as the lineage's preserved pool if given."""
-    settings = settings or MetaTrainSettings()
+    """Train the hypernetwork of a base version on a folder of unlabeled images like
+    production's, and store it with that version.
+
+    Args:
+        images: Folder of unlabeled images like production's (read on the worker).
+        model: Registered model name; default VITEDIT_REGISTERED_MODEL.
+        version: Base version to train for; default the champion's lineage root.
+        settings: Meta-training knobs (the rest are the engine's defaults).
+        preserved_images: Folder of held-out clean images of the base, stored as the
+            lineage's preserved pool (enables subpopulation edits).
+    """
+    settings = MetaTrainSettings.model_validate(settings)
     config = get_settings()
     name = model or config.registered_model
     tracking_uri = config.resolved_mlflow_uri()

@@ -51,7 +51,7 @@ from vitedit_ops.groups import ErrorGroup
 from vitedit_ops.settings import Settings, get_settings
 
 from .combine import Combination, combine
-from .config import EditSettings, idempotency_key
+from .config import EditSettings, GateThresholds, idempotency_key
 from .edits import GroupImages, GroupOutcome, edit_group
 from .fixes import Fixes, fixed_images, grow_suite
 from .lineage import ChampionContext, ChampionRef, champion_context, resolve_champion
@@ -209,7 +209,12 @@ def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: Edit
     """The retraining peer's one candidate, holding a slot of the shared limit."""
     context = champion_context(ref)
     with concurrency(limit, occupy=1, strict=True):
-        return retrain(context, units, settings, device, preserved)
+        outcome = retrain(context, units, settings, device, preserved)
+    e = outcome.edit
+    get_run_logger().info("retrained on %d unit(s) (%d edit / %d held-out images): %s in %d "
+                          "steps%s", len(units), e.num_edit_images, e.num_heldout_images,
+                          e.outcome, e.steps, f"; {e.note}" if e.note else "")
+    return outcome
 
 
 @task(name="combine-groups", cache_policy=NO_CACHE, **TASK_TIMEOUT)
@@ -294,23 +299,32 @@ class NightPlan:
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4),
       timeout_seconds=FLOW_TIMEOUT.total_seconds())
 def nightly_edit(model: str | None = None, lookback_days: float = 7.0,
-                 edit_settings: EditSettings | None = None, gate: dict[str, float] | None = None,
+                 edit_settings: EditSettings = EditSettings(),  # noqa: B008 - shown in the form
+                 gate: GateThresholds = GateThresholds(),  # noqa: B008
                  auto_promote: bool = False, device: str | None = None,
                  edit_limit: str = EDIT_LIMIT, edit_slots: int = 1,
                  as_of: datetime | None = None) -> NightlyResult:
     """Edit the champion on the last ``lookback_days`` of production errors and register a
     gated challenger.
 
-    ``gate`` overrides gate thresholds by name; ``auto_promote`` makes a challenger whose
-    gate passed the champion at once; ``edit_limit`` is the global concurrency limit the
-    edit tasks share (created with ``edit_slots`` slots if missing: one per GPU); ``as_of``
-    is the end of the collected window (default: now), to re-run or backfill a past night.
+    Args:
+        model: Registered (and monitored) model name; default VITEDIT_REGISTERED_MODEL.
+        lookback_days: Collect the production errors of this many days before ``as_of``.
+        edit_settings: How error groups are collected, edited and accepted (the product's
+            recipe by default).
+        gate: Gate thresholds the challenger is held to (the gate's defaults).
+        auto_promote: Make a challenger whose gate passed the champion at once.
+        device: auto, cpu or cuda[:N]; default VITEDIT_DEVICE.
+        edit_limit: Global concurrency limit the edit tasks share (one slot per GPU).
+        edit_slots: Slots of ``edit_limit`` when it has to be created.
+        as_of: End of the collected window (default now), to re-run or backfill a night.
     """
     config = get_settings()
     until = as_of or datetime.now(UTC)
     plan = NightPlan(model or config.registered_model, config.resolved_mlflow_uri(),
                      until - timedelta(days=lookback_days), until,
-                     edit_settings or EditSettings(), GateConfig.from_mapping(gate or {}),
+                     EditSettings.model_validate(edit_settings),
+                     GateThresholds.model_validate(gate).config(),
                      auto_promote, device, edit_limit, edit_slots)
     result = NightlyResult(plan.model, NOTHING_TO_EDIT, flow_run_id=str(flow_run.id))
     progress = [result]  # the latest result, for the report if a step raises
@@ -376,7 +390,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
                              [o.key for o, _ in combination.applied])
         suite_dir = grow_suite(context, fixes, key[:24], workdir) if report.passed else None
         record = build_record(context, combination, report, onnx, suite_dir, key,
-                              plan.settings, plan.gate)
+                              plan.settings, plan.gate, preserved)
         registration, url = register(record, ref.tracking_uri)
     result = known(replace(result, status=REGISTERED, gate=report, run_url=url,
                            created=registration.created))
@@ -405,8 +419,10 @@ def _edit_all(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],
     outcomes = []
     for unit, future in futures:
         outcome = _value_or_error(future)
-        outcomes.append(outcome if isinstance(outcome, GroupOutcome)
-                        else GroupOutcome.failed(unit, str(outcome)))
+        if not isinstance(outcome, GroupOutcome):  # its task logged no line of its own
+            get_run_logger().warning("group %s: edit raised: %s", unit.key, outcome)
+            outcome = GroupOutcome.failed(unit, str(outcome))
+        outcomes.append(outcome)
     return outcomes
 
 

@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 
 from vitedit_ops.export import ExportResult
-from vitedit_ops.models import ModelSpec, fingerprint, load_model
+from vitedit_ops.models import ModelDescription, ModelSpec, fingerprint, load_model
 from vitedit_ops.settings import get_settings
 
 from . import artifacts, description, versions
 from .client import connect, experiment_id
+from .datasets import suite_files_dataset
 from .errors import RegistryError
 from .mlflow_registry import Registration, register_run
 from .runs import RunContent, create_run, fill_run, logged_run
@@ -32,16 +33,16 @@ def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | Non
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir() or not any(p.is_file() for p in suite_dir.rglob("*")):
         raise RegistryError(f"suite {suite_dir} is not a directory with files")
-    model, spec = load_model(checkpoint, spec)
+    model, spec = (spec.load(checkpoint) if isinstance(spec, ModelDescription)
+                   else load_model(checkpoint, spec))
     weights_fp = fingerprint(model)
     suite_hash = artifacts.directory_sha256(suite_dir)
     key = f"base-{weights_fp[:32]}-{suite_hash[:32]}"
 
     conn = connect(tracking_uri)
     existing = versions.ready_by_key(conn.client, name, key)
-    if existing is not None:
-        return Registration(name, existing.version, existing.run_id, False, existing.aliases,
-                            created=False)
+    if existing is not None:  # register_run finishes it if its alias is still pending
+        return register_run(existing.run_id, tracking_uri=conn.tracking_uri)
     others = [v.version for v in versions.search(conn.client, f"name = '{name}'") if v.ready]
     if others:
         raise RegistryError(f"{name} already has version(s) {', '.join(sorted(others, key=int))}"
@@ -63,6 +64,7 @@ def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | Non
             run_id = create_run(conn, exp, f"base-{spec.architecture}", tags)
             (staged / artifacts.DESCRIPTION).write_text(description.base_description(
                 spec, weights_fp, suite_hash, Path(checkpoint).name, exp, run_id))
-            fill_run(conn, run_id, RunContent(params=params, metrics={}, staged=staged), model,
-                     spec, onnx)
+            content = RunContent(params=params, metrics={}, staged=staged,
+                                 datasets=(suite_files_dataset(suite_dir, suite_hash),))
+            fill_run(conn, run_id, content, model, spec, onnx)
     return register_run(run_id, tracking_uri=conn.tracking_uri)

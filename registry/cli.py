@@ -1,4 +1,5 @@
-"""``vitedit-ops register-base | promote | rollback | history | signing-key create``.
+"""``vitedit-ops register-base | register-hypernet | promote | rollback | history |
+signing-key create``.
 
 Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. MLflow is imported
 inside the commands, so other commands do not pay for it. Exit codes: 0 done, 2 bad input,
@@ -14,6 +15,8 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from vitedit_ops.cli.model_options import Arch, DataArg, ModelArg, ModelConfig
 
 T = TypeVar("T")
 
@@ -50,20 +53,62 @@ def _guard(action: Callable[[], T]) -> T:
 
 
 def register_base_command(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Weights (.safetensors) "
-                                             "with the timm spec JSON beside them.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Weights (safetensors or "
+                                             "a weights-only torch file).")],
     suite: Annotated[Path, typer.Option("--suite", help="Gate suite directory to store.")],
     model: ModelName = None,
+    arch: Arch = None,
+    model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
+    data: DataArg = [],  # noqa: B006
+    model_config: ModelConfig = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Register a base model as version 1 of a registered model, with alias champion."""
+    from vitedit_ops.cli.model_options import describe
+
     from .base import register_base
 
     reg = _guard(lambda: register_base(checkpoint, suite, name=model,
+                                       spec=describe(arch, model_arg, data, model_config),
                                        tracking_uri=tracking_uri))
     state = "registered" if reg.created else "already registered"
     console.print(f"{reg.name} v{reg.version} {state} (run {reg.run_id}), aliases: "
                   f"{', '.join(reg.aliases) or '-'}")
+
+
+def register_hypernet_command(
+    version: Annotated[str, typer.Option("--version", help="Base version (lineage root) it "
+                                         "was meta-trained for.")],
+    hypernet: Annotated[Path, typer.Option("--hypernet", help="Directory `vitedit-ops "
+                                           "meta-train` wrote (hypernet.json + weights).")],
+    model: ModelName = None,
+    preserved_images: Annotated[Path | None, typer.Option(
+        "--preserved-images", help="Held-out clean images of the base (the lineage's preserved "
+                                   "pool; enables subpopulation edits).")] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Attach a meta-trained hypernetwork (and preserved pool) to a registered base version,
+    as the meta-train flow does, without Prefect."""
+    from vitedit_ops.settings import get_settings
+
+    from .lineage_assets import register_hypernet
+    from .loading import load_version
+
+    name = model or get_settings().registered_model
+
+    def attach():
+        preserved = None
+        if preserved_images is not None:
+            from vitedit_ops.imagefiles import read_image_folder
+
+            _, spec, _ = load_version(name, version, tracking_uri=tracking_uri)
+            preserved = read_image_folder(preserved_images, spec, require_labels=False).pixels
+        return register_hypernet(name, version, hypernet, preserved, tracking_uri=tracking_uri)
+
+    found = _guard(attach)
+    state = "attached to" if found.created else "already attached to"
+    console.print(f"hypernetwork {state} {found.name} v{found.base_version} "
+                  f"(run {found.run_id}, sha256 {found.sha256[:12]})")
 
 
 def promote_command(
@@ -161,6 +206,7 @@ def register(app: typer.Typer) -> None:
     signing_key.command("create")(signing_key_create_command)
     app.add_typer(signing_key, name="signing-key")
     app.command("register-base")(register_base_command)
+    app.command("register-hypernet")(register_hypernet_command)
     app.command("promote")(promote_command)
     app.command("rollback")(rollback_command)
     app.command("history")(history_command)

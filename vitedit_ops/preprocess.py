@@ -3,8 +3,10 @@
 One path for every image source (files, production bytes, reference arrays), so that the
 editor, the gate and serving see the same tensors for the same picture. Decoded images go
 through timm's own eval transform (``resolve_data_config`` + ``create_transform``: resize by
-``crop_pct``, center crop), the one a timm model is evaluated with; an image already at the
-model's input size with ``crop_pct=1.0`` passes through unchanged.
+``crop_pct``, then ``crop_mode``: center crop, squash or border), the one a timm model is
+evaluated with; an image already at the model's input size with ``crop_pct=1.0`` passes
+through unchanged. Arrays take the same path: uint8 ones as the image they are, float ones
+as tensors through the same resize and crop.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform, resolve_data_config
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from .errors import InvalidInputError
@@ -33,7 +34,6 @@ class Preprocessor:
         self.channels, self.height, self.width = spec.input_size
         self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
         self.std = torch.tensor(spec.std).view(-1, 1, 1)
-        self.interpolation = InterpolationMode(spec.interpolation)
         # pixels stay in [0, 1] here: ``normalize`` applies mean/std to every source alike
         self.resize_crop = create_transform(**resolve_data_config(spec.data_config),
                                             is_training=False, normalize=False)
@@ -70,14 +70,16 @@ class Preprocessor:
         if channels not in (1, self.channels):
             raise InvalidInputError(f"{name}: {channels} channels, the model takes "
                                     f"{self.channels}")
+        if array.dtype == np.uint8:  # exactly what a file of these pixels gives
+            hwc = np.ascontiguousarray(np.moveaxis(array, 0, -1))
+            return self.pixels_from_pil(Image.fromarray(hwc[..., 0] if channels == 1 else hwc))
         tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
-        if array.dtype == np.uint8:
-            tensor = tensor / 255.0
         if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
             raise InvalidInputError(f"{name}: float pixels must be finite and in [0, 1]")
         tensor = tensor.expand(self.channels, -1, -1)
-        return F.resize(tensor, [self.height, self.width], interpolation=self.interpolation,
-                        antialias=True).clamp(0.0, 1.0)
+        if self.spec.crop_mode == "border":  # its padding is defined on 8-bit images
+            return self.pixels_from_pil(F.to_pil_image(tensor))
+        return self.resize_crop(tensor).clamp(0.0, 1.0)
 
     def pixels_from_file(self, path: str | Path) -> torch.Tensor:
         """Image file (any PIL format) or ``.npy`` array -> (C, H, W) pixels."""

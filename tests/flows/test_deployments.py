@@ -105,3 +105,34 @@ def test_edits_fan_out_to_a_local_dask_cluster(night, monkeypatch):
     assert result.status == REGISTERED and result.gate_passed
     workers = {g["worker"].split(" ")[0] for g in result.groups if g.get("worker")}
     assert workers and all(not w.endswith(f"/{os.getpid()}") for w in workers)
+
+
+def test_the_run_forms_show_every_parameters_description_and_default(prefect_test_api):
+    """What the Prefect UI's run form is built from: the schema the server stores for each
+    deployment. ``gate`` and ``edit_settings`` showed as "None" before."""
+    from prefect import get_client
+
+    from flows.config import EditSettings, GateThresholds
+    from flows.deploy import deployments
+    from vitedit_ops.gate import GateConfig
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments():
+            deployment_id = deployment.apply()
+            try:
+                schema = client.read_deployment(deployment_id).parameter_openapi_schema
+            finally:
+                client.delete_deployment(deployment_id)
+            for name, prop in schema["properties"].items():
+                assert prop.get("description"), f"{deployment.name}: {name} has no description"
+            if deployment.name != "nightly":
+                continue
+            props, defs = schema["properties"], schema["definitions"]
+            assert props["gate"]["default"] == GateConfig().to_dict()
+            assert props["edit_settings"]["default"] == EditSettings().model_dump(mode="json")
+            gate_fields = defs["GateThresholds"]["properties"]
+            assert set(gate_fields) == set(GateConfig.names())
+            assert all(f.get("description") for f in gate_fields.values())
+            assert GateThresholds().config() == GateConfig()
+            lr = defs["EditSettings"]["properties"]["lr"]
+            assert lr["default"] == EditSettings().lr and lr["description"]

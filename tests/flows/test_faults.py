@@ -270,3 +270,25 @@ def test_a_night_first_ends_the_runs_a_dead_night_left_running(night, tracking_u
         assert state.is_crashed(), state
         assert f"marked CRASHED by nightly flow run {result.flow_run_id}" in state.message
         assert client.read_flow_run(result.flow_run_id).state.is_completed()
+
+
+@pytest.mark.slow
+def test_a_failed_night_prints_one_line_naming_the_problem(prefect_test_api, tmp_path):
+    """The real command in its own process, its store unreachable: Prefect's failure reports
+    and tracebacks (about 300 lines before) stay in the run's logs; the console gets one line
+    naming the store, and exit code 4."""
+    from prefect.settings import PREFECT_API_URL
+
+    from ..helpers.servers import free_port
+
+    dead = f"postgresql+psycopg://vitedit@127.0.0.1:{free_port()}/vitedit"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "VITEDIT_HOME": str(tmp_path / "home"), "VITEDIT_STORE_URL": dead}
+    command = [str(Path(sys.executable).parent / "vitedit-ops"), "nightly", "--model",
+               "unreachable-store"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 4, output[-40:]
+    assert len(output) == 1, output[-40:]
+    assert output[0].startswith("error:") and "127.0.0.1" in output[0], output
+    assert "Traceback" not in done.stderr

@@ -71,6 +71,26 @@ def test_a_night_registers_a_gated_challenger_and_records_what_it_fixed(night, t
     gate = _artifact(result.flow_run_id, GATE_ARTIFACT)
     assert "Gate: PASSED" in gate and result.run_url in gate and result.run_id in result.run_url
 
+    # the run's logs: one line per group from its edit task, naming the outcome
+    lines = _log_lines(result.flow_run_id)
+    for g in result.groups:
+        mine = [m for m in lines if m.startswith(f"group {g['group']} (")]
+        assert len(mine) == 1, (g["group"], mine)
+        assert f"{g['edit']} edit / {g['heldout']} held-out images" in mine[0]
+
+
+def _log_lines(flow_run_id: str) -> list[str]:
+    """The messages the server holds for a flow run and its tasks (queued ones sent first)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [log.message for log in logs]
+
 
 @pytest.mark.slow
 def test_a_rerun_of_the_same_night_registers_nothing_new(night, tracking_uri):

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InvalidInputError
+from .model_options import Arch, DataArg, ModelArg, ModelConfig, describe, load
 from .choices import EDITOR, OPTIMIZER
 
 PRODUCT_METHOD = "localized"  # checked against editors.PRODUCT by the CLI tests
@@ -27,20 +28,14 @@ def _parse_window(window: str | None) -> tuple[int | None, int | None]:
     return start, end
 
 
-def _load(checkpoint: Path, arch: str | None):
-    from ..device import resolve_device
-    from ..models import load_model
-    from ..settings import get_settings
-
-    model, spec = load_model(checkpoint, architecture=arch)
-    return model.to(resolve_device(get_settings().device)), spec
-
-
 def edit(
     images: list[Path] = typer.Argument(None, help="Image files (or .npy arrays) to fix."),
     label: int = typer.Option(..., "--label", "-l", help="True class of the images."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Model weights."),
-    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    arch: Arch = None,
+    model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
+    data: DataArg = [],  # noqa: B006
+    model_config: ModelConfig = None,
     folder: Path | None = typer.Option(None, help="Folder of edit images."),
     method: str = typer.Option(PRODUCT_METHOD, parser=EDITOR,
                                help="Editor (default: the product's)."),
@@ -68,7 +63,7 @@ def edit(
     from ..preprocess import Preprocessor
 
     paths = image_paths(images or [], folder)
-    model, spec = _load(checkpoint, arch)
+    model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     if not 0 <= label < spec.num_classes:
         raise InvalidInputError(f"label {label} is out of range 0..{spec.num_classes - 1}")
     inputs = Preprocessor(spec).from_files(paths)
@@ -104,7 +99,10 @@ def edit(
 def meta_train(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Base model weights."),
     images: Path = typer.Option(..., help="Folder of unlabeled images like the training data."),
-    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    arch: Arch = None,
+    model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
+    data: DataArg = [],  # noqa: B006
+    model_config: ModelConfig = None,
     out: Path | None = typer.Option(None, help="Output dir (default <checkpoint dir>/hypernet);"
                                               " re-running resumes from its checkpoint."),
     iterations: int = typer.Option(500, help="Episode batches."),
@@ -121,7 +119,7 @@ def meta_train(
     from ..preprocess import Preprocessor
     from ..sites import edit_window
 
-    model, spec = _load(checkpoint, arch)
+    model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     inputs = Preprocessor(spec).from_files(image_paths([], images))
     config = MetaTrainConfig(iterations=iterations, batch_size=batch_size, inner_lr=inner_lr,
                              seed=seed)
@@ -135,7 +133,9 @@ def meta_train(
                      on_iteration=lambda i, _n, e: progress.update(task, completed=i,
                                                                    bce=e["bce"]))
     console.print(f"hypernetwork written to {out} (resumed from iteration "
-                  f"{result.resumed_from})")
+                  f"{result.resumed_from}); attach it to the registered base with "
+                  f"`vitedit-ops register-hypernet --model NAME --version N --hypernet {out}`",
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,25 +11,20 @@ import typer
 from rich.console import Console
 
 from ..errors import InvalidInputError
+from .model_options import Arch, DataArg, ModelArg, ModelConfig, describe, load
 
 EXIT_GATE_FAILED = 3
 console = Console()
-
-
-def _load(checkpoint: Path, arch: str | None, allow_nonfinite: bool = False):
-    from ..device import resolve_device
-    from ..models import load_model
-    from ..settings import get_settings
-
-    model, spec = load_model(checkpoint, architecture=arch, allow_nonfinite=allow_nonfinite)
-    return model.to(resolve_device(get_settings().device)), spec
 
 
 def suite_build(
     out: Path = typer.Option(..., "--out", "-o", help="New suite directory (must not exist)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="Base model "
                                            "weights (default: the reference model)."),
-    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    arch: Arch = None,
+    model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
+    data: DataArg = [],  # noqa: B006
+    model_config: ModelConfig = None,
     images: Path | None = typer.Option(None, help="Image folder; class subfolders give labels "
                                        "(default: the reference locality pool)."),
     sensitive_margin: float = typer.Option(0.05, help="Top-2 margin of the sensitive subset."),
@@ -44,7 +39,7 @@ def suite_build(
         reference = load_reference()
         model, spec = reference.model, reference.spec
     else:
-        model, spec = _load(checkpoint, arch)
+        model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     if images is None:
         from ..reference import load_reference_data
 
@@ -85,7 +80,10 @@ def gate(
     candidate: Path | None = typer.Option(None, "--candidate", help="Candidate weights."),
     patch: list[Path] = typer.Option([], "--patch", "-p", help="Patch(es) applied in order to "
                                      "the base to make the candidate (instead of --candidate)."),
-    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    arch: Arch = None,
+    model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
+    data: DataArg = [],  # noqa: B006
+    model_config: ModelConfig = None,
     config: Path | None = typer.Option(None, help="Gate thresholds (.toml/.json/.yaml)."),
     overrides: list[str] = typer.Option([], "--set",
                                         help="Threshold override NAME=VALUE (repeatable)."),
@@ -109,10 +107,11 @@ def gate(
         raise InvalidInputError("give either --candidate or one or more --patch files")
     thresholds = GateConfig.load(config, overrides)
     suite = load_suite(suite_dir, expected_hash=suite_hash)
-    base_model, spec = _load(base, arch)
+    description = describe(arch, model_arg, data, model_config)
+    base_model, spec = load(base, description)
     edited_params = None
     if candidate is not None:
-        candidate_model, _ = _load(candidate, arch, allow_nonfinite=True)
+        candidate_model, _ = load(candidate, description, allow_nonfinite=True)
     else:
         patches = [Patch.load(p) for p in patch]
         candidate_model = copy.deepcopy(base_model)
@@ -140,7 +139,10 @@ def gate(
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Model weights."),
     out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
-    arch: str | None = typer.Option(None, help="timm architecture (if no config beside)."),
+    arch: Arch = None,
+    model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
+    data: DataArg = [],  # noqa: B006
+    model_config: ModelConfig = None,
     suite_dir: Path | None = typer.Option(None, "--suite", "-s", help="Check parity on this "
                                           "suite's images."),
     config: Path | None = typer.Option(None, help="Parity thresholds (gate config file)."),
@@ -154,7 +156,7 @@ def export(
     from ..gate import GateConfig, load_suite
 
     thresholds = GateConfig.load(config, overrides)
-    model, spec = _load(checkpoint, arch)
+    model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     result = export_onnx(model, spec.input_size, out)
     console.print(f"{result.path}\nsha256 {result.sha256}\nopset {result.opset}",
                   highlight=False)
