@@ -1,4 +1,5 @@
-"""``vitedit-ops register-base | register-hypernet | promote | rollback | history``.
+"""``vitedit-ops register-base | register-hypernet | promote | rollback | history |
+signing-key create``.
 
 Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. MLflow is imported
 inside the commands, so other commands do not pay for it. Exit codes: 0 done, 2 bad input,
@@ -185,7 +186,25 @@ def history_command(
         console.print(f"no recorded moves of {alias} for {name}")
 
 
+def signing_key_create_command(
+    path: Annotated[Path, typer.Argument(help="New key file (mode 0600); keep it off the "
+                                         "MLflow server.")],
+) -> None:
+    """Make a new signing key for VITEDIT_SIGNING_KEY_FILE (never overwrites a file)."""
+    from .signing import create_key_file, read_key_file
+
+    def make() -> str:
+        return read_key_file(create_key_file(path)).key_id  # read back: the file is usable
+
+    key_id = _guard(make)
+    console.print(f"signing key {key_id} written to {path}; set VITEDIT_SIGNING_KEY_FILE={path} "
+                  f"where versions are registered, promoted and served")
+
+
 def register(app: typer.Typer) -> None:
+    signing_key = typer.Typer(help="The key that signs registered versions and champion moves.")
+    signing_key.command("create")(signing_key_create_command)
+    app.add_typer(signing_key, name="signing-key")
     app.command("register-base")(register_base_command)
     app.command("register-hypernet")(register_hypernet_command)
     app.command("promote")(promote_command)

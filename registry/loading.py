@@ -17,7 +17,7 @@ from torch import nn
 from vitedit_ops.models import ModelSpec, fingerprint, load_model
 from vitedit_ops.settings import get_settings
 
-from . import artifacts, versions
+from . import artifacts, signing, versions
 from .client import Connection, connect, translate_errors
 from .errors import PromotionRefusedError, RegistryError
 from .promotion import ONNX_FILE, verify
@@ -39,15 +39,21 @@ def load_version(name: str, version: str,
     return (*_load_weights(conn, info), info)
 
 
-def download_served(info: VersionInfo, dst: str | Path,
-                    tracking_uri: str | None = None) -> tuple[Path, ModelSpec]:
+def download_served(info: VersionInfo, dst: str | Path, tracking_uri: str | None = None,
+                    alias: str = CHAMPION) -> tuple[Path, ModelSpec]:
     """A version's served ONNX file and timm spec, downloaded into ``dst`` after exactly the
-    checks promotion makes (ready status, gate verdict and report, patch, weights and ONNX
-    hashes against the version's tags). Raises ``PromotionRefusedError`` listing what failed:
-    a version moved onto an alias by hand, or whose files changed, is never served."""
+    checks promotion makes (ready status, signature of its record, gate verdict and report,
+    patch, weights and ONNX hashes against the signed values), and only if the latest signed
+    move of ``alias`` (the one it was resolved by) put it there. Raises
+    ``PromotionRefusedError`` listing what failed: a version moved onto the alias outside
+    vitedit-ops, or whose files or tags changed, is never served."""
     dst = Path(dst)
     client = connect(tracking_uri).client
-    problems = verify(client, info, onnx_dir=dst / "onnx")
+    keys = signing.configured_keys()
+    _, problems = signing.check_alias(client, info, alias, keys)
+    if problems:  # refused before downloading anything
+        raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
+    problems = verify(client, info, onnx_dir=dst / "onnx", keys=keys)
     if problems:
         raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
     with translate_errors(f"download the spec of {info.name} v{info.version}"):

@@ -21,7 +21,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from . import artifacts, description, versions
+from . import artifacts, description, signing, versions
 from .client import Connection, connect, experiment_id, first_line, translate_errors
 from .datasets import edit_datasets
 from .errors import RegistryError
@@ -156,6 +156,7 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
         return _registration(done[0], created=False)
     with tempfile.TemporaryDirectory() as tmp, translate_errors(f"read run {run_id}"):
         text = Path(client.download_artifacts(run_id, artifacts.DESCRIPTION, tmp)).read_text()
+    keys = signing.configured_keys()  # an unusable key fails here, before anything is made
     _ensure_registered_model(client, name)
     model_id = tags[versions.ONNX_MODEL_ID]
     alias = (versions.CHAMPION if tags[versions.KIND] == "base"
@@ -172,6 +173,7 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
         _link_logged_model(client, model_id, name, version)
         if tags[versions.KIND] == "base":
             client.set_model_version_tag(name, version, versions.BASE_VERSION, version)
+        signing.sign_version(client, versions.get(client, name, version), keys)
         # ready before the alias: whoever follows the alias (serving's poll, promote) must
         # never find it on a version still marked registering
         client.set_model_version_tag(name, version, versions.STATUS, versions.READY)

@@ -12,7 +12,7 @@ import getpass
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from vitedit_ops.gate.report import GateReport
 from vitedit_ops.models import fingerprint_state, read_state_dict
 from vitedit_ops.scoped import load_patch
 
-from . import artifacts, versions
+from . import artifacts, signing, versions
 from .client import Connection, connect, first_line, translate_errors
 from .errors import PromotionRefusedError, RegistryError
 from .versions import CHALLENGER, CHAMPION, VersionInfo
@@ -83,11 +83,15 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, action
                        at=datetime.now(UTC).isoformat(timespec="seconds"), forced=forced,
                        reason=reason, overridden=overridden)
     with translate_errors(f"move {name}@{alias} to v{version}"):
-        client.set_registered_model_alias(name, alias, version)
+        # the version's tags and the signed move first, the alias last: whoever sees the alias
+        # on the version (serving, a webhook) sees it complete and vouched for
         for field in ("action", "by", "at", "previous", "forced", "reason", "overridden"):
             client.set_model_version_tag(name, version, versions.alias_tag(alias, field),
                                          str(getattr(event, field)).lower()
                                          if field == "forced" else str(getattr(event, field)))
+        signing.sign_grant(client, name, signing.Grant(alias, version, event.seq, action,
+                                                       event.by, event.at))
+        client.set_registered_model_alias(name, alias, version)
         body = {k: v for k, v in asdict(event).items() if k not in ("seq", "alias")}
         client.set_registered_model_tag(name, f"{_event_prefix(alias)}{event.seq:06d}",
                                         json.dumps(body, sort_keys=True))
@@ -98,9 +102,11 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: str, action
     return event
 
 
-def verify(client: MlflowClient, info: VersionInfo, onnx_dir: Path | None = None) -> list[str]:
-    """Why ``info`` must not be promoted: status, gate verdict, and artifacts re-hashed against
-    the version's tags. Empty when it is fine.
+def verify(client: MlflowClient, info: VersionInfo, onnx_dir: Path | None = None,
+           keys: signing.Keys | None = None) -> list[str]:
+    """Why ``info`` must not be promoted: status, the signature of its record (no tag
+    rewritten since registration), gate verdict, and artifacts re-hashed against the signed
+    values (against the tags when the signature does not hold). Empty when it is fine.
 
     With ``onnx_dir`` the served ONNX file is downloaded there (``onnx_dir/model.onnx``) and
     kept, so serving loads exactly the file whose hash was checked.
@@ -108,6 +114,11 @@ def verify(client: MlflowClient, info: VersionInfo, onnx_dir: Path | None = None
     problems = []
     if not info.ready:
         problems.append(f"status is {info.tags.get(versions.STATUS, 'missing')}, not ready")
+    signed, signature_problems = signing.verify_version(info, keys)
+    problems += signature_problems
+    if signed is not None:  # judge the files by what was signed, not by what the tags say now
+        info = replace(info, tags={**{k: v for k, v in info.tags.items()
+                                      if k not in versions.VERSION_TAGS}, **signed})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if info.kind == "edit":
@@ -199,10 +210,19 @@ def promote(run_id: str, alias: str = CHAMPION, *, force: bool = False, reason: 
         raise PromotionRefusedError(
             f"refusing to move {info.name}@{alias} to v{info.version} (run {run_id})", problems)
     current = versions.by_alias(client, info.name, alias)
-    if current is not None and current.version == info.version:
+    if current is not None and current.version == info.version and not _needs_grant(
+            client, current, alias):
         return None
     return move_alias(client, info.name, alias, info.version, PROMOTE, forced=bool(problems),
                       reason=reason.strip(), overridden="; ".join(problems), user=user)
+
+
+def _needs_grant(client: MlflowClient, current: VersionInfo, alias: str) -> bool:
+    """The version holds the alias but no signed move says vitedit-ops put it there (it was
+    moved by hand): promoting it records and signs the move, so serving accepts it."""
+    keys = signing.configured_keys()
+    return keys.signing is not None and bool(signing.check_alias(client, current, alias,
+                                                                 keys)[1])
 
 
 def _version_of_run(conn: Connection, run_id: str) -> VersionInfo:

@@ -1,4 +1,6 @@
-"""The HTTP service: ``/predict``, ``/feedback``, ``/healthz``, ``/readyz``, ``/metrics``.
+"""The HTTP service: ``/predict``, ``/feedback``, ``/healthz``, ``/readyz``, ``/metrics``, and
+``/webhooks/mlflow`` (an authenticated MLflow registry webhook makes the server look at the
+champion alias at once; polling stays the fallback).
 
 Every answered image is logged with its bytes through the monitoring ``PredictionLogger``
 under a prediction id the answer carries, which is what reviewers send back to ``/feedback``.
@@ -34,11 +36,14 @@ from .champion import Champion
 from .metrics import ServingMetrics
 from .payload import Upload, read_uploads
 from .reload import ChampionSlot
+from .webhook import WebhookRefused, authenticate
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024 * 1024
 RETRY_AFTER_SECONDS = "5"
-ENDPOINTS = frozenset({"/predict", "/feedback", "/healthz", "/readyz", "/metrics"})
+WEBHOOK_PATH = "/webhooks/mlflow"
+ENDPOINTS = frozenset({"/predict", "/feedback", "/healthz", "/readyz", "/metrics",
+                       WEBHOOK_PATH})
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class ServeConfig:
     batch_window: float = 0.005  # seconds
     top_k: int = 3
     threads: int | None = None   # onnxruntime intra-op threads (default: its own choice)
+    webhook_secret: str | None = None  # MLflow webhook secret; None: no webhook endpoint
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,24 @@ class Service:
                              "version": champion.version, "provider": champion.provider,
                              "onnx_sha256": champion.onnx_sha256})
 
+    async def webhook(self, request: Request) -> Response:
+        if not self.config.webhook_secret:
+            return _error(404, "no webhook secret configured (VITEDIT_SERVE_WEBHOOK_SECRET)")
+        body = await request.body()
+        try:
+            delivery = authenticate(self.config.webhook_secret, request.headers, body,
+                                    time.time())
+        except WebhookRefused as exc:
+            log.warning("serving %s: webhook delivery refused: %s", self.config.model, exc)
+            self.metrics.webhooks.labels("refused").inc()
+            return _error(401, str(exc))
+        if not delivery.concerns(self.config.model):
+            self.metrics.webhooks.labels("ignored").inc()
+            return JSONResponse({"event": delivery.event, "checking": False})
+        self.metrics.webhooks.labels("accepted").inc()
+        self.slot.wake()
+        return JSONResponse({"event": delivery.event, "checking": True}, status_code=202)
+
     def metrics_page(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -245,6 +269,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/readyz", summary="Ready once a verified champion is loaded")
     async def readyz() -> Response:
         return holder["service"].ready()
+
+    @app.post(WEBHOOK_PATH, summary="MLflow registry webhook (HMAC-signed): look at the "
+              "champion alias now")
+    async def webhook(request: Request) -> Response:
+        return await holder["service"].webhook(request)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -3,11 +3,13 @@
 The alias is read once, as a version with its tags (``get_model_version_by_alias``); every
 download after that goes to that version's run and logged model, so the version the server
 reports is the one whose files it loaded, even if the alias moves meanwhile. Nothing is served
-before ``registry.loading.download_served`` has re-checked it as promotion does.
+before ``registry.loading.download_served`` has re-checked it as promotion does (signature,
+hashes) and found that the latest signed ``vitedit-ops`` move of the alias put it there.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 
 from registry import versions
-from registry.client import connect
+from registry.client import connect, translate_errors
 from registry.errors import RegistryError
 from registry.loading import download_served
+from registry.signing import grant_tag
 from registry.versions import CHAMPION, VersionInfo
 from vitedit_ops.export import active_provider, load_session
 from vitedit_ops.models import ModelSpec
@@ -62,6 +65,20 @@ def resolve(name: str, tracking_uri: str | None = None) -> VersionInfo:
     if info is None:
         raise RegistryError(f"{name} has no {CHAMPION} to serve")
     return info
+
+
+def signed_move(info: VersionInfo, tracking_uri: str | None = None) -> str:
+    """The champion alias's signed-move tag as stored if it names ``info`` (else empty): a
+    refusal is reconsidered when it changes, e.g. once ``vitedit-ops promote`` vouches for the
+    holder, not when a move of another version is being recorded (verified at load, not here)."""
+    with translate_errors(f"read registered model {info.name}"):
+        model = connect(tracking_uri).client.get_registered_model(info.name)
+    value = model.tags.get(grant_tag(CHAMPION), "")
+    try:
+        names = str(json.loads(value)["record"]["version"]) == info.version
+    except (ValueError, KeyError, TypeError):
+        names = False
+    return value if names else ""
 
 
 def load(info: VersionInfo, tracking_uri: str | None = None,

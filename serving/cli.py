@@ -31,7 +31,8 @@ def serve(
         "--threads", min=1, help="onnxruntime intra-op threads [default: one per core].")] = None,
 ) -> None:
     """Serve models:/MODEL@champion over HTTP (POST /predict, POST /feedback, GET /healthz,
-    /readyz, /metrics); follows the alias, verifying every new champion before the swap."""
+    /readyz, /metrics, POST /webhooks/mlflow); follows the alias, verifying every new champion
+    and that vitedit-ops moved the alias onto it, before the swap."""
     import uvicorn
 
     from vitedit_ops.settings import get_settings
@@ -46,7 +47,9 @@ def serve(
         poll_interval=poll_interval or settings.serve_poll_interval,
         max_batch=max_batch or settings.serve_max_batch,
         batch_window=(settings.serve_batch_window_ms if batch_window_ms is None
-                      else batch_window_ms) / 1000, top_k=top_k, threads=threads)
+                      else batch_window_ms) / 1000, top_k=top_k, threads=threads,
+        webhook_secret=(settings.serve_webhook_secret.get_secret_value()
+                        if settings.serve_webhook_secret else None))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)

@@ -55,8 +55,13 @@ class ServingMetrics:
                                     "Images per onnxruntime call", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
         self.reloads = Counter("vitedit_serve_champion_loads",
-                               "Champion load attempts by outcome (loaded, refused, failed)",
+                               "Champion load attempts by outcome (loaded, refused: it did not "
+                               "verify or the alias was moved outside vitedit-ops, failed)",
                                ["outcome"], registry=self.registry)
+        self.webhooks = Counter("vitedit_serve_webhooks",
+                                "MLflow webhook deliveries by outcome (accepted: the alias is "
+                                "looked at now; ignored: another model or event; refused: not "
+                                "authentic)", ["outcome"], registry=self.registry)
         self.champion = Gauge("vitedit_serve_champion_version",
                               "Version number of the champion being served (0: none)",
                               registry=self.registry)

@@ -2,9 +2,11 @@
 
 The slot holds one immutable ``Champion``; a swap is one assignment, so a batch that read the
 old champion finishes on it and the next batch runs on the new one. A version that fails
-verification is refused once (log line + metric) and remembered with its tags, so it is not
+verification (its signature, its files, or an alias moved outside vitedit-ops) is refused once
+(log line + metric) and remembered with its tags and the alias's signed move, so it is not
 downloaded again every poll; the champion already loaded keeps serving. An unreachable
-registry is logged and retried at the next poll.
+registry is logged and retried at the next poll. ``wake()`` (a registry webhook) makes the
+next look happen now instead of at the end of the poll interval.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from .champion import Champion
 log = logging.getLogger(__name__)
 
 
-def _tags_digest(info: VersionInfo) -> str:
-    return hashlib.sha256(json.dumps([info.version, info.tags], sort_keys=True)
+def _tags_digest(info: VersionInfo, grant: str) -> str:
+    return hashlib.sha256(json.dumps([info.version, info.tags, grant], sort_keys=True)
                           .encode()).hexdigest()
 
 
@@ -47,6 +49,7 @@ class ChampionSlot:
         self._refused: set[str] = set()
         self._last_failure = ""
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
 
     def check(self) -> str:
         """Look at the alias once and load its holder if it is new; returns what happened
@@ -63,7 +66,12 @@ class ChampionSlot:
         current = self.current
         if current is not None and current.version == info.version:
             return "unchanged"
-        digest = _tags_digest(info)
+        try:
+            digest = _tags_digest(info, champions.signed_move(info, self.tracking_uri))
+        except VitEditError as exc:
+            log.error("serving %s: reading the champion's signed move failed: %s", self.name,
+                      exc)
+            return self._outcome("failed")
         if digest in self._refused:
             return "unchanged"
         try:
@@ -89,7 +97,13 @@ class ChampionSlot:
         return outcome
 
     def start(self) -> None:
+        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._poll(), name="champion")
+
+    def wake(self) -> None:
+        """Look at the alias now (from the event loop); looks asked for meanwhile merge."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -97,10 +111,15 @@ class ChampionSlot:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _poll(self) -> None:
+        assert self._wake is not None
         while True:
+            self._wake.clear()  # a wake during the look below triggers one more look
             try:
                 await asyncio.to_thread(self.check)
             except Exception:  # noqa: BLE001 - the loop must outlive any one failed look
                 log.exception("serving %s: checking the champion alias failed", self.name)
                 self._outcome("failed")
-            await asyncio.sleep(self.poll_interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass

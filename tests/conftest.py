@@ -9,6 +9,7 @@ enough for real masks, not for quality figures (those come from `vitedit-ops ben
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import replace
@@ -20,6 +21,21 @@ from .helpers.servers import Server, free_port, new_mlflow_server, new_prefect_s
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _session_signing_key() -> str:
+    """The key registrations, promotions and servers of this session sign and verify with:
+    a 0600 file outside every store, as `vitedit-ops signing-key create` makes one (set here,
+    at import, so every process the tests start inherits it)."""
+    path = Path(tempfile.mkdtemp(prefix="vitedit-test-key-")) / "signing.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return str(path)
+
+
+if not (os.environ.get("VITEDIT_SIGNING_KEY") or os.environ.get("VITEDIT_SIGNING_KEY_FILE")):
+    os.environ["VITEDIT_SIGNING_KEY_FILE"] = _session_signing_key()
 
 TEST_METATRAIN_ITERATIONS = 30
 

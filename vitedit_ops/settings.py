@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,18 @@ class Settings(BaseSettings):
                                  "`vitedit-ops serve` takes.")
     serve_batch_window_ms: float = Field(5.0, ge=0, description="How long `vitedit-ops serve` "
                                          "waits for more requests to join a batch.")
+    serve_webhook_secret: SecretStr | None = Field(
+        None, description="Secret of the MLflow registry webhook `vitedit-ops serve` accepts "
+        "at POST /webhooks/mlflow (HMAC-checked); unset: no webhook, polling only.")
+    signing_key_file: Path | None = Field(
+        None, description="File (mode 0600) holding the key that signs registered versions and "
+        "champion moves (HMAC-SHA256); keep it off the MLflow server. See docs/operations.md.")
+    signing_key: SecretStr | None = Field(
+        None, description="The signing key itself, for secret stores that inject environment "
+        "variables; set this or signing_key_file, not both.")
+    signing_old_key_files: list[Path] = Field(
+        default_factory=list, description="Retired signing keys, JSON list of files: they still "
+        "verify what they signed, never sign (key rotation).")
     seed: int = 0
     nightly_timeout_hours: float = Field(
         6.0, gt=0, description="A nightly run taking longer fails (flow timeout); MLflow edit "

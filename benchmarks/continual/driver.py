@@ -28,6 +28,7 @@ from flows.nightly import nightly_edit
 from flows.reporting import NightlyResult
 from monitoring import Collector, PredictionLogger, open_image_store, open_store
 from registry import champion, load_version, register_base, register_hypernet
+from registry.signing import use_local_key
 from vitedit_ops.gate import build_suite
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import norm_growth, predict_logits
@@ -58,9 +59,12 @@ def _home(path: Path) -> Iterator[None]:
     for key in _ENV:
         os.environ.pop(key, None)
     os.environ["VITEDIT_HOME"] = str(path)
+    made_key = use_local_key(path)  # no key configured: one of its own, as the demo does
     try:
         yield
     finally:
+        if made_key is not None:
+            os.environ.pop("VITEDIT_SIGNING_KEY_FILE", None)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

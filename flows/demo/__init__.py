@@ -69,6 +69,9 @@ def run_demo(fresh: bool = False, console: Console | None = None) -> None:
     for variable in ("VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
                      "VITEDIT_IMAGE_STORE_URL", "VITEDIT_REGISTERED_MODEL"):
         os.environ.pop(variable, None)
+    from registry.signing import use_local_key
+
+    use_local_key(demo_home)  # no key configured: the demo's own, so versions are signed
     _quiet_prefect()
     timer = Timer()
     from ..prefect_api import prefect_api

@@ -173,6 +173,8 @@ class Demo:
         table.add_row("champion timeline", f"VITEDIT_HOME={self.settings.home} vitedit-ops "
                                            f"history --model {self.name}")
         if first is not None and first.run_id:
-            table.add_row("roll back night 1", f"VITEDIT_HOME={self.settings.home} vitedit-ops "
-                                               f"rollback --model {self.name}")
+            key = self.settings.signing_key_file  # the move is signed, so serving follows it
+            table.add_row("roll back night 1", f"VITEDIT_HOME={self.settings.home} "
+                          + (f"VITEDIT_SIGNING_KEY_FILE={key} " if key else "")
+                          + f"vitedit-ops rollback --model {self.name}")
         self.console.print(table)

@@ -98,8 +98,12 @@ def new_mlflow_server(root: Path, port: int) -> Server:
                    "--default-artifact-root", (root / "artifacts").as_uri(),
                    "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
                   f"http://127.0.0.1:{port}", "/health", root,
+                  # registry webhooks to a loopback `vitedit-ops serve` (docs/serving.md);
+                  # the webhook list is cached for 1 s, not 60, so a new hook fires at once
                   {"MLFLOW_DISABLE_TELEMETRY": "true",
-                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                   "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http",
+                   "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "1"})
 
 
 def new_prefect_server(home: Path, port: int) -> Server:
