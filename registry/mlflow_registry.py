@@ -16,6 +16,8 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from vitedit_ops.audit import AuditTrail
+
 from . import artifacts, description, versions
 from .client import Connection, connect, experiment_id, first_line, translate_errors
 from .errors import RegistryError
@@ -127,10 +129,12 @@ def _edit_metrics(record: EditRunRecord) -> dict[str, float]:
     return metrics
 
 
-def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
+def register_run(run_id: str, tracking_uri: str | None = None,
+                 audit: AuditTrail | None = None) -> Registration:
     """Create the model version of a completely logged run; a run registers at most once.
 
-    Base runs get the ``champion`` alias, edit runs whose gate passed ``challenger``.
+    Base runs get the ``champion`` alias (the move recorded in ``audit``), edit runs whose
+    gate passed ``challenger``.
     """
     conn = connect(tracking_uri)
     client = conn.client
@@ -158,7 +162,7 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
     try:
         if tags[versions.KIND] == "base":
             client.set_model_version_tag(name, version, versions.BASE_VERSION, version)
-            move_alias(client, name, versions.CHAMPION, version, REGISTER_BASE)
+            move_alias(conn, name, versions.CHAMPION, version, REGISTER_BASE, audit=audit)
         elif tags.get(versions.GATE) == "passed":
             client.set_registered_model_alias(name, versions.CHALLENGER, version)
         client.set_model_version_tag(name, version, versions.STATUS, versions.READY)

@@ -227,6 +227,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("crash_orphaned_flow_runs", "fail_orphaned_runs", "collect_errors",
                  "pin_champion", "find_registered", "register", "record_ledger",
+                 "reconcile_ledger",
                  "promote_challenger"):
         monkeypatch.setattr(nightly, name,
                             getattr(nightly, name).with_options(retry_delay_seconds=0))
