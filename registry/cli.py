@@ -143,15 +143,16 @@ def history_command(
         timeline = _audited(lambda audit: history(name, alias, tracking_uri, audit=audit))
         conn = connect(tracking_uri)
         found = {v.version: v for v in versions.search(conn.client, f"name = '{name}'")}
-        return timeline, found
+        # searches do not fill in aliases on every backend: ask for the holder by name
+        held = versions.by_alias(conn.client, name, alias)
+        return timeline, found, held.version if held is not None else None
 
-    timeline, found = _guard(load)
+    timeline, found, holder = _guard(load)
     events = timeline.events
     table = Table(title=f"{name}@{alias} timeline (promotion audit)")
     for column in ("#", "when (UTC)", "action", "version", "previous", "gate", "groups", "by",
                    "forced", "reason"):
         table.add_column(column)
-    holder = next((v for v, info in found.items() if alias in info.aliases), None)
     for e in events:
         info = found.get(e.version)
         gate = info.tags.get(versions.GATE, info.kind) if info else "deleted"

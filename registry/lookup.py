@@ -65,13 +65,14 @@ class Standing:
 def standing(name: str, tracking_uri: str | None = None) -> Standing:
     """The champion, every version whose fixes served (the champion's parent chain, since its
     weights hold their patches, and every version the champion timeline's MLflow copy names)
-    and the current challenger. One search of the model's versions."""
+    and the current challenger. One search of the model's versions, two alias lookups."""
     client = connect(tracking_uri).client
     found = {v.version: v for v in versions.search(
         client, f"name = '{versions.check_safe(name, 'registered model name')}'")}
-    champion_ = next((v for v in found.values() if versions.CHAMPION in v.aliases), None)
-    challenger = next((v.version for v in found.values() if versions.CHALLENGER in v.aliases),
-                      None)
+    # searches do not fill in aliases on every backend: ask for the two by name
+    champion_ = versions.by_alias(client, name, versions.CHAMPION)
+    held = versions.by_alias(client, name, versions.CHALLENGER)
+    challenger = held.version if held is not None else None
     chain: set[str] = set()
     node = champion_
     while node is not None and node.version not in chain:  # a tag loop ends the walk

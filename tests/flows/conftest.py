@@ -176,6 +176,13 @@ class Night:
         finally:
             store.close()
 
+    def ledger_states(self) -> dict[str, dict[str, int]]:
+        """Ledger rows of this model per version and state."""
+        from monitoring import open_store
+
+        with open_store() as store:
+            return store.ledger_states(self.name)
+
     def ledger(self) -> list[tuple[str, str, str]]:
         import sqlalchemy as sa
 

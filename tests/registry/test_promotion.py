@@ -80,7 +80,8 @@ def test_promote_rollback_history(as_reviewer, embedded_uri, register_base_as, g
     for text in ("register-base", "promote", "rollback", "reviewer-ana (unauthenticated)",
                  "drift on 7s", "promotion audit"):
         assert text in table.stdout
-    assert "disagrees" not in table.stderr
+    assert "disagrees" not in table.stderr and "moved outside" not in table.stderr
+    assert "v1 *" in table.stdout  # the current holder is marked
     # the audit (store) and its MLflow mirror record the same three moves
     audit = _audited(model_name)
     assert audit == events(client, model_name)
