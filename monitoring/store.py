@@ -454,20 +454,27 @@ class MonitoringStore:
         """
         served = set(committed)
         keep = served | set(under_review)
-        now = utcnow()
-        out = LedgerSettlement()
-        with self.write() as conn:
-            states = conn.execute(
-                sa.select(EditLedger.model_version, EditLedger.state, sa.func.count())
-                .where(EditLedger.model_name == model, EditLedger.state != COMMITTED)
-                .group_by(EditLedger.model_version, EditLedger.state)).tuples().all()
+        unsettled = (sa.select(EditLedger.model_version, EditLedger.state, sa.func.count())
+                     .where(EditLedger.model_name == model, EditLedger.state != COMMITTED)
+                     .group_by(EditLedger.model_version, EditLedger.state))
+
+        def changes(states: Sequence[Any]) -> list[tuple[str, str, str, int]]:
+            found = []
             for version, state, rows in states:
                 if version in served:
-                    target, tally = COMMITTED, out.committed
+                    found.append((version, state, COMMITTED, rows))
                 elif version not in keep and state == PENDING:
-                    target, tally = RELEASED, out.released
-                else:
-                    continue
+                    found.append((version, state, RELEASED, rows))
+            return found
+
+        out = LedgerSettlement()
+        with self.read() as conn:  # most nights change nothing: no write lock for them
+            if not changes(conn.execute(unsettled).tuples().all()):
+                return out
+        now = utcnow()
+        with self.write() as conn:
+            for version, state, target, rows in changes(conn.execute(unsettled).tuples().all()):
+                tally = out.committed if target == COMMITTED else out.released
                 conn.execute(sa.update(EditLedger)
                              .where(EditLedger.model_name == model,
                                     EditLedger.model_version == version,
