@@ -89,13 +89,17 @@ class Server:
 
 
 def new_mlflow_server(root: Path, port: int) -> Server:
-    """``mlflow server`` with one worker on a SQLite store under ``root`` (restartable)."""
+    """``mlflow server`` with one worker on a SQLite store under ``root`` (restartable).
+
+    MLflow 3's job runner (a huey consumer per job queue: 9 processes, ~170 MB each) is off:
+    nothing here submits MLflow jobs, and on 2 shared cores it slowed every server test."""
     return Server([str(BIN / "mlflow"), "server",
                    "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                    "--default-artifact-root", (root / "artifacts").as_uri(),
                    "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
                   f"http://127.0.0.1:{port}", "/health", root,
-                  {"MLFLOW_DISABLE_TELEMETRY": "true"})
+                  {"MLFLOW_DISABLE_TELEMETRY": "true",
+                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
 AUTH_ADMIN, AUTH_ADMIN_PASSWORD = "admin", "admin-password-for-tests"
