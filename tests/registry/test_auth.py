@@ -20,7 +20,7 @@ USERS = {"alice": "MANAGE", "bob": "EDIT", "carol": None}  # carol: the default,
 def _as(monkeypatch, user: str, password: str | None = None) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD",
-                       password or (AUTH_ADMIN_PASSWORD if user == AUTH_ADMIN else f"{user}-pw"))
+                       password or (AUTH_ADMIN_PASSWORD if user == AUTH_ADMIN else f"{user}-password-for-tests"))
 
 
 def _audit(name):
@@ -46,7 +46,7 @@ def lineage(mlflow_auth_server, register_base_as, good_edit, model_name, monkeyp
     auth = get_app_client("basic-auth", tracking_uri=mlflow_auth_server)
     existing = {u for u in USERS if _exists(auth, u)}
     for user in USERS.keys() - existing:
-        auth.create_user(user, f"{user}-pw")
+        auth.create_user(user, f"{user}-password-for-tests")
     with open_store() as store:
         register_base_as(model_name, mlflow_auth_server, audit=StoreAuditTrail(store))
     good = publish_edit(replace(good_edit.record, registered_model=model_name),
