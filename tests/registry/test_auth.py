@@ -17,10 +17,14 @@ pytestmark = pytest.mark.server("mlflow-auth")
 USERS = {"alice": "MANAGE", "bob": "EDIT", "carol": None}  # carol: the default, READ
 
 
+def _password(user: str) -> str:
+    return AUTH_ADMIN_PASSWORD if user == AUTH_ADMIN else f"{user}-password-for-tests"
+
+
 def _as(monkeypatch, user: str, password: str | None = None) -> None:
+    """The MLflow credentials every client of this process sends from now on."""
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD",
-                       password or (AUTH_ADMIN_PASSWORD if user == AUTH_ADMIN else f"{user}-password-for-tests"))
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password or _password(user))
 
 
 def _audit(name):
@@ -46,7 +50,7 @@ def lineage(mlflow_auth_server, register_base_as, good_edit, model_name, monkeyp
     auth = get_app_client("basic-auth", tracking_uri=mlflow_auth_server)
     existing = {u for u in USERS if _exists(auth, u)}
     for user in USERS.keys() - existing:
-        auth.create_user(user, f"{user}-password-for-tests")
+        auth.create_user(user, _password(user))
     with open_store() as store:
         register_base_as(model_name, mlflow_auth_server, audit=StoreAuditTrail(store))
     good = publish_edit(replace(good_edit.record, registered_model=model_name),
