@@ -406,7 +406,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
                              [o.key for o, _ in combination.applied])
         suite_dir = grow_suite(context, fixes, key[:24], workdir) if report.passed else None
         record = build_record(context, combination, report, onnx, suite_dir, key,
-                              plan.settings, plan.gate)
+                              plan.settings, plan.gate, preserved)
         registration, url = register(record, ref.tracking_uri)
     result = known(replace(result, status=REGISTERED, gate=report, run_url=url,
                            created=registration.created))

@@ -17,14 +17,16 @@ from vitedit_ops.metrics import predict_logits
 from .combine import Combination
 from .config import EditSettings
 from .lineage import ChampionContext
+from .preserved import PreservedPool
 
 ACCURACY = "suite_accuracy"
 
 
 def build_record(context: ChampionContext, combination: Combination, report: GateReport,
                  onnx: ExportResult, suite_dir: Path | None, key: str, settings: EditSettings,
-                 gate: GateConfig) -> EditRunRecord:
-    """Everything the registry logs: applied patches in order, every group's metrics."""
+                 gate: GateConfig, preserved: PreservedPool | None = None) -> EditRunRecord:
+    """Everything the registry logs: applied patches in order, every group's metrics, and
+    the preserved pool the edits kept (by hash)."""
     groups = [replace(o.edit, before=_finite(o.edit.before), after=_finite(o.edit.after))
               for o in combination.outcomes]
     suite = context.suite
@@ -43,7 +45,9 @@ def build_record(context: ChampionContext, combination: Combination, report: Gat
         gate_report=report, model=combination.model, spec=context.spec,
         suite_labels=suite.labels, suite_predictions_before=context.suite_predictions,
         suite_predictions_after=after, onnx=onnx, suite_dir=suite_dir, idempotency_key=key,
-        notes=f"Drift from the lineage root: {context.drift.summary()}.")
+        notes=f"Drift from the lineage root: {context.drift.summary()}.",
+        preserved_hashes=preserved.hashes if preserved is not None else (),
+        preserved_labels=tuple(preserved.labels.tolist()) if preserved is not None else ())
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:

@@ -102,7 +102,7 @@ def _stage_plots(record: EditRunRecord, root: Path) -> list[str]:
         "overall", _metric(record.metrics_before, GENERALIZATION),
         _metric(record.metrics_after, GENERALIZATION), _metric(record.metrics_before, LOCALITY),
         _metric(record.metrics_after, LOCALITY)))
-    plots.gr_lr_plot(points, root / GR_LR_PLOT)
+    plots.gr_lr_plot(points, root / GR_LR_PLOT, **_gate_thresholds(record))
     written.append(GR_LR_PLOT)
 
     plots.confusion_plot(record.suite_labels, record.suite_predictions_before,
@@ -110,6 +110,12 @@ def _stage_plots(record: EditRunRecord, root: Path) -> list[str]:
                          root / CONFUSION_PLOT, record.spec.class_names)
     written.append(CONFUSION_PLOT)
     return written
+
+
+def _gate_thresholds(record: EditRunRecord) -> dict[str, float | None]:
+    """The gate's GR and LR thresholds, drawn on the plot (None: the gate has no such check)."""
+    found = {c.name: c.threshold for c in record.gate_report.checks}
+    return {"gr_min": found.get(GENERALIZATION), "lr_min": found.get(LOCALITY)}
 
 
 def _metric(values: dict[str, float], name: str) -> float:

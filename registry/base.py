@@ -16,6 +16,7 @@ from vitedit_ops.settings import get_settings
 
 from . import artifacts, description, versions
 from .client import connect, experiment_id
+from .datasets import suite_files_dataset
 from .errors import RegistryError
 from .mlflow_registry import Registration, register_run
 from .runs import RunContent, create_run, fill_run, logged_run
@@ -42,9 +43,8 @@ def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | Non
 
     conn = connect(tracking_uri)
     existing = versions.ready_by_key(conn.client, name, key)
-    if existing is not None:
-        return Registration(name, existing.version, existing.run_id, False, existing.aliases,
-                            created=False)
+    if existing is not None:  # register_run finishes it if its alias is still pending
+        return register_run(existing.run_id, tracking_uri=conn.tracking_uri)
     others = [v.version for v in versions.search(conn.client, f"name = '{name}'") if v.ready]
     if others:
         raise RegistryError(f"{name} already has version(s) {', '.join(sorted(others, key=int))}"
@@ -66,6 +66,7 @@ def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | Non
             run_id = create_run(conn, exp, f"base-{spec.architecture}", tags)
             (staged / artifacts.DESCRIPTION).write_text(description.base_description(
                 spec, weights_fp, suite_hash, Path(checkpoint).name, exp, run_id))
-            fill_run(conn, run_id, RunContent(params=params, metrics={}, staged=staged), model,
-                     spec, onnx)
+            content = RunContent(params=params, metrics={}, staged=staged,
+                                 datasets=(suite_files_dataset(suite_dir, suite_hash),))
+            fill_run(conn, run_id, content, model, spec, onnx)
     return register_run(run_id, tracking_uri=conn.tracking_uri, audit=audit)

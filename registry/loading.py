@@ -25,7 +25,8 @@ from .versions import CHAMPION, VersionInfo
 
 
 def model_uri(name: str | None = None, alias: str = CHAMPION) -> str:
-    """``models:/NAME@alias``: what serving passes to ``mlflow.onnx``/``pyfunc.load_model``."""
+    """``models:/NAME@alias``: what ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
+    take (the version's pyfunc: images in, labels out)."""
     name = versions.check_safe(name or get_settings().registered_model, "registered model name")
     return f"models:/{name}@{alias}"
 
@@ -51,7 +52,7 @@ def download_served(info: VersionInfo, dst: str | Path,
         raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
     with translate_errors(f"download the spec of {info.name} v{info.version}"):
         spec_file = client.download_artifacts(info.run_id, artifacts.SPEC, str(dst))
-    return dst / "onnx" / ONNX_FILE, ModelSpec.load(spec_file)
+    return dst / "onnx" / Path(ONNX_FILE).name, ModelSpec.load(spec_file)
 
 
 def _load_weights(conn: Connection, info: VersionInfo) -> tuple[nn.Module, ModelSpec]:

@@ -1,25 +1,31 @@
 """Log an edit run to MLflow and register it as a new version of the registered model.
 
 Order matters: a version is created only from a run whose every artifact is in the store,
-and it becomes usable (``vitedit.status=ready``) only after its description, tags and alias
-are set. A failure after creation deletes the version, or, if the store is gone by then,
-leaves it without the ready mark, which every lookup and ``promote`` ignore. The idempotency
-key makes registering the same edit twice return the existing version.
+and it becomes usable (``vitedit.status=ready``) only after its description and tags are set;
+its alias moves onto it only after that, so an alias never points at a version not ready.
+A failure after creation deletes the version, or, if the store is gone by then, leaves it
+without the ready mark, which every lookup and ``promote`` ignore. A process that died
+between the ready mark and the alias left ``vitedit.pending_alias``: registering the run
+again moves the alias. The idempotency key makes registering the same edit twice return
+the existing version.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from vitedit_ops.audit import AuditTrail
 
 from . import artifacts, description, versions
 from .client import Connection, connect, experiment_id, first_line, translate_errors
+from .datasets import edit_datasets
 from .errors import RegistryError
 from .promotion import REGISTER_BASE, move_alias
 from .record import EditRunRecord
@@ -45,8 +51,8 @@ def publish_edit(record: EditRunRecord, tracking_uri: str | None = None) -> Regi
     name = versions.check_safe(record.registered_model, "registered model name")
     key = versions.check_safe(record.key, "idempotency key")
     existing = versions.ready_by_key(conn.client, name, key)
-    if existing is not None:
-        return _registration(existing, created=False)
+    if existing is not None:  # register_run finishes it if its alias is still pending
+        return register_run(existing.run_id, tracking_uri=conn.tracking_uri)
     run_id = (logged_run(conn, experiment_id(conn, name), key)
               or _log_edit(conn, record, candidate))
     return register_run(run_id, tracking_uri=conn.tracking_uri)
@@ -61,7 +67,7 @@ def _log_edit(conn: Connection, record: EditRunRecord, candidate: str) -> str:
         (staged / artifacts.DESCRIPTION).write_text(
             description.edit_description(record, candidate, exp, run_id, plot_paths))
         content = RunContent(params=_edit_params(record), metrics=_edit_metrics(record),
-                             staged=staged)
+                             staged=staged, datasets=tuple(edit_datasets(record)))
         fill_run(conn, run_id, content, record.model, record.spec, record.onnx)
         return run_id
 
@@ -147,30 +153,62 @@ def register_run(run_id: str, tracking_uri: str | None = None,
     name = tags[versions.REGISTERED_MODEL]
     done = [v for v in versions.by_run(client, run_id) if v.name == name and v.ready]
     if done:
+        if versions.PENDING_ALIAS in done[0].tags:  # died between its ready mark and alias
+            with translate_errors(f"finish registering {name} v{done[0].version}"):
+                _move_alias(conn, name, done[0].version, done[0].tags[versions.PENDING_ALIAS],
+                            audit)
+            return _registration(versions.get(client, name, done[0].version), created=False)
         return _registration(done[0], created=False)
     with tempfile.TemporaryDirectory() as tmp, translate_errors(f"read run {run_id}"):
         text = Path(client.download_artifacts(run_id, artifacts.DESCRIPTION, tmp)).read_text()
     _ensure_registered_model(client, name)
     model_id = tags[versions.ONNX_MODEL_ID]
+    alias = (versions.CHAMPION if tags[versions.KIND] == "base"
+             else versions.CHALLENGER if tags.get(versions.GATE) == "passed" else "")
     with translate_errors(f"create a version of {name}"):
         created = client.create_model_version(
             name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
             description=text,
             tags={**{k: tags[k] for k in versions.VERSION_TAGS if k in tags},
-                  versions.STATUS: versions.REGISTERING})
+                  versions.STATUS: versions.REGISTERING,
+                  **({versions.PENDING_ALIAS: alias} if alias else {})})
     version = str(created.version)
     try:
+        _link_logged_model(client, model_id, name, version)
         if tags[versions.KIND] == "base":
             client.set_model_version_tag(name, version, versions.BASE_VERSION, version)
-            move_alias(conn, name, versions.CHAMPION, version, REGISTER_BASE, audit=audit)
-        elif tags.get(versions.GATE) == "passed":
-            client.set_registered_model_alias(name, versions.CHALLENGER, version)
+        # ready before the alias: whoever follows the alias (serving's poll, promote) must
+        # never find it on a version still marked registering
         client.set_model_version_tag(name, version, versions.STATUS, versions.READY)
+        if alias:
+            _move_alias(conn, name, version, alias, audit)
     except Exception as exc:
         _abandon(conn, name, version)
         raise RegistryError(f"registering run {run_id} as {name} v{version} failed, version "
                             f"withdrawn: {first_line(exc)}") from exc
     return _registration(versions.get(client, name, version), created=True)
+
+
+def _move_alias(conn: Connection, name: str, version: str, alias: str,
+                audit: AuditTrail | None) -> None:
+    """Put the registration's alias on the (ready) version, then drop its pending mark; the
+    champion's first move is recorded in ``audit``."""
+    client = conn.client
+    if alias == versions.CHAMPION:
+        move_alias(conn, name, versions.CHAMPION, version, REGISTER_BASE, audit=audit)
+    else:
+        client.set_registered_model_alias(name, alias, version)
+    client.delete_model_version_tag(name, version, versions.PENDING_ALIAS)
+
+
+def _link_logged_model(client, model_id: str, name: str, version: str) -> None:
+    """Record the version on its logged model, as ``mlflow.register_model`` does, so the
+    LoggedModel page links to it instead of offering "Register model"."""
+    model = client.get_logged_model(model_id)
+    linked = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if {"name": name, "version": version} not in linked:
+        linked.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
 
 
 def _ensure_registered_model(client, name: str) -> None:

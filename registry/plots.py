@@ -88,52 +88,72 @@ class BeforeAfter:
     lr_after: float
 
 
-def gr_lr_plot(points: Sequence[BeforeAfter], path: str | Path) -> Path:
-    """Left: GR and LR before/after as bars per group. Right: the same moves in the GR-LR
-    plane, where the top-right corner is a perfect, perfectly local edit."""
+def gr_lr_plot(points: Sequence[BeforeAfter], path: str | Path, gr_min: float | None = None,
+               lr_min: float | None = None) -> Path:
+    """``gr_lr_figure`` saved as a PNG."""
+    return _save(gr_lr_figure(points, gr_min, lr_min), path)
+
+
+def gr_lr_figure(points: Sequence[BeforeAfter], gr_min: float | None = None,
+                 lr_min: float | None = None) -> Figure:
+    """One row per group (``overall`` on top), GR on the left, LR on the right: a light dot
+    before, a dark dot after, joined by a line; the after dot is green when it clears the
+    gate's threshold (dashed line) and red when not. The values are printed once per row at
+    the right, so nothing overlaps however many groups there are."""
     if not points:
         raise ValueError("no groups to plot")
-    fig = Figure(figsize=(12, 4.8))
-    bars, plane = fig.subplots(1, 2, width_ratios=[3, 2])
-
-    x = np.arange(len(points))
-    width = 0.2
-    series = [("GR before", [p.gr_before for p in points], "#9ecae1"),
-              ("GR after", [p.gr_after for p in points], "#3182bd"),
-              ("LR before", [p.lr_before for p in points], "#fdae6b"),
-              ("LR after", [p.lr_after for p in points], "#e6550d")]
-    for i, (name, values, color) in enumerate(series):
-        heights = np.array(values, dtype=float)
-        drawn = bars.bar(x + (i - 1.5) * width, np.nan_to_num(heights), width, label=name,
-                         color=color)
-        bars.bar_label(drawn, labels=["n/a" if math.isnan(v) else f"{v:.2f}" for v in heights],
-                       fontsize=7, padding=1)
-    bars.set_xticks(x, [p.label for p in points])
-    bars.set_ylim(0, 1.3)
-    bars.set_yticks(np.linspace(0, 1, 6))
-    bars.set_ylabel("share of images")
-    bars.set_xlabel("error group")
-    bars.set_title("Generalization (GR) and locality (LR), before vs after")
-    bars.legend(loc="upper center", ncol=4, fontsize=8)
-
-    for p in points:
-        plane.annotate("", xy=(p.lr_after, p.gr_after), xytext=(p.lr_before, p.gr_before),
-                       arrowprops={"arrowstyle": "->", "color": "#555555"})
-        plane.scatter([p.lr_before], [p.gr_before], color="#9ecae1", edgecolor="k", zorder=3)
-        plane.scatter([p.lr_after], [p.gr_after], color="#3182bd", edgecolor="k", zorder=3)
-        plane.annotate(p.label, (p.lr_after, p.gr_after), textcoords="offset points",
-                       xytext=(5, 5), fontsize=8)
-    # locality usually stays near 1: zoom the LR axis onto the data, in steps of 0.1
-    lr_values = [v for p in points for v in (p.lr_before, p.lr_after) if not math.isnan(v)]
-    low = math.floor(10 * (min(lr_values, default=0.0) - 0.05)) / 10
-    plane.set_xlim(max(0.0, low) - 0.01, 1.01)
-    plane.set_ylim(-0.02, 1.05)
-    plane.set_xlabel("locality LR (unchanged predictions)")
-    plane.set_ylabel("generalization GR (group fixed)")
-    plane.set_title("Before (light) -> after (dark)")
-    plane.grid(alpha=0.3)
+    ordered = sorted(points, key=lambda p: p.label != "overall")  # stable: overall first
+    rows = np.arange(len(ordered))[::-1]  # first row at the top
+    fig = Figure(figsize=(12, 2.4 + 0.3 * len(ordered)))
+    gr_ax, lr_ax = fig.subplots(1, 2, sharey=True, width_ratios=[1, 1])
+    lr_values = [v for p in ordered for v in (p.lr_before, p.lr_after) if not math.isnan(v)]
+    # locality usually stays near 1: zoom the LR axis onto the data and the threshold
+    lr_low = min([*lr_values, *([lr_min] if lr_min is not None else [])], default=0.0)
+    lr_low = max(0.0, math.floor(20 * (lr_low - 0.01)) / 20)
+    panels = [(gr_ax, "generalization GR (share of the group's unseen images fixed)",
+               [(p.gr_before, p.gr_after) for p in ordered], gr_min, (-0.02, 1.02)),
+              (lr_ax, "locality LR (share of clean suite predictions unchanged)",
+               [(p.lr_before, p.lr_after) for p in ordered], lr_min, (lr_low, 1.0 + 0.005))]
+    for ax, title, pairs, threshold, limits in panels:
+        for y, (before, after) in zip(rows, pairs):
+            if not (math.isnan(before) or math.isnan(after)):
+                ax.plot([before, after], [y, y], color="#999999", lw=1.5, zorder=1)
+            if not math.isnan(before):
+                ax.scatter([before], [y], s=28, color="#c6dbef", edgecolor="#6b8fb3", zorder=2)
+            if not math.isnan(after):
+                ok = threshold is None or after >= threshold
+                ax.scatter([after], [y], s=40, zorder=3, edgecolor="k",
+                           color="#31a354" if ok else "#de2d26")
+        if threshold is not None:
+            ax.axvline(threshold, color="#555555", ls="--", lw=1)
+            ax.annotate(f"gate {threshold:g}", (threshold, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, 3), textcoords="offset points", fontsize=8, color="#555555")
+        ax.set_xlim(*limits)
+        ax.set_xlabel(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_ylim(-0.7, len(ordered) - 0.3)
+    gr_ax.set_yticks(rows, [p.label for p in ordered], fontsize=8)
+    for tick in gr_ax.get_yticklabels():
+        if tick.get_text().endswith("(not applied)"):
+            tick.set_color("#888888")
+    values = lr_ax.twinx()
+    values.set_ylim(lr_ax.get_ylim())
+    values.set_yticks(rows, [f"GR {_pct(p.gr_before)} -> {_pct(p.gr_after)}   "
+                             f"LR {_pct(p.lr_before)} -> {_pct(p.lr_after)}" for p in ordered],
+                      fontsize=8, family="monospace")
+    values.tick_params(length=0)
+    if len(ordered) > 1:
+        for ax in (gr_ax, lr_ax):
+            ax.axhline(rows[0] - 0.5, color="#cccccc", lw=0.8)  # overall | groups
+    fig.suptitle("Per error group: before (light) -> after (green: clears the gate, red: not)",
+                 fontsize=10)
+    FigureCanvasAgg(fig)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def _pct(value: float) -> str:
+    return "  n/a" if math.isnan(value) else f"{value:5.3f}"
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:

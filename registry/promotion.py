@@ -36,7 +36,8 @@ from .identity import declared_user, identify, require_manage
 from .versions import CHALLENGER, CHAMPION, VersionInfo
 
 REGISTER_BASE, PROMOTE, ROLLBACK = "register-base", "promote", "rollback"
-ONNX_FILE = "model.onnx"  # in the version's ONNX logged model
+ONNX_FILE = "artifacts/model.onnx"  # in the version's (pyfunc) logged model
+LEGACY_ONNX_FILE = "model.onnx"  # in the ONNX-flavor logged model of older versions
 MIRRORED = ("action", "by", "at", "previous", "forced", "reason", "overridden",
             "authenticated")
 
@@ -200,9 +201,16 @@ def _weights_fingerprint(client: MlflowClient, info: VersionInfo, root: Path) ->
 
 
 def _onnx_sha256(client: MlflowClient, info: VersionInfo, dst: Path) -> str:
+    """Hash of the version's served ONNX file, downloaded to ``dst/model.onnx``: in the
+    pyfunc logged model, or at the root of the ONNX-flavor model of versions registered
+    before the pyfunc (``LEGACY_ONNX_FILE``)."""
     location = client.get_logged_model(info.model_id).artifact_location.rstrip("/")
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{ONNX_FILE}",
-                                               dst_path=str(dst))
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{ONNX_FILE}",
+                                                   dst_path=str(dst))
+    except (MlflowException, OSError):
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/{LEGACY_ONNX_FILE}", dst_path=str(dst))
     return file_sha256(path)
 
 

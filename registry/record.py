@@ -97,6 +97,8 @@ class EditRunRecord:
     ``suite_dir`` is the gate suite as the next night should use it (e.g. grown by the images
     this run fixed); it is stored with the version. None keeps the parent's suite.
     ``onnx`` is the exported file the gate checked for parity; None exports it here.
+    ``preserved_hashes``/``preserved_labels`` describe the preserved pool the edits had to
+    keep (empty: the editor had none); the run logs it as a dataset.
     """
 
     registered_model: str
@@ -120,6 +122,8 @@ class EditRunRecord:
     suite_dir: Path | None = None
     idempotency_key: str = ""
     notes: str = ""
+    preserved_hashes: tuple[str, ...] = ()  # the preserved pool the editor kept, by sha256
+    preserved_labels: tuple[int, ...] = ()  # their true classes (-1: unknown)
 
     @property
     def accepted_groups(self) -> list[GroupEdit]:
@@ -169,6 +173,8 @@ class EditRunRecord:
                  len(self.suite_predictions_after)}
         if len(sizes) != 1:
             problems.append("suite labels and predictions before/after differ in length")
+        if len(self.preserved_hashes) != len(self.preserved_labels):
+            problems.append("preserved pool hashes and labels differ in length")
         if self.suite_dir is not None and not Path(self.suite_dir).is_dir():
             problems.append(f"suite directory {self.suite_dir} does not exist")
         if not self.accepted_groups:

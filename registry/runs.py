@@ -1,4 +1,4 @@
-"""Upload one run: params, metrics, staged files, the ONNX and torch model flavors.
+"""Upload one run: params, metrics, staged files and the pyfunc model (ONNX graph inside).
 
 The run is marked ``vitedit.logged=complete`` only after the store is seen to hold every
 staged file and the served ONNX file hashes to what was exported; registration refuses any
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,38 +20,40 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import onnx
-import torch
+import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from mlflow.utils.git_utils import get_git_commit
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_USER
 from torch import nn
 
-from vitedit_ops.export import INPUT_NAME, OUTPUT_NAME, ExportResult, export_onnx, file_sha256
+import vitedit_ops
+from vitedit_ops.export import ExportResult, export_onnx, file_sha256
+from vitedit_ops.imagefiles import png_bytes
 from vitedit_ops.models import ModelSpec
+from vitedit_ops.reference.data import digits_pixels
 
-from . import artifacts, versions
+from . import artifacts, pyfunc_model, versions
+from .datasets import RunDataset
 from .client import Connection, connect, experiment_id, first_line, translate_errors
 from .errors import RegistryError
-from .promotion import current_user
+from .promotion import ONNX_FILE, current_user
 
-ONNX_NAME = "onnx"
-TORCH_NAME = "torch"
+MODEL_NAME = "model"  # the run's one logged model: the pyfunc the version points to
 MAX_PARAM_CHARS = 6000
-_BATCH_SIZE_EXAMPLE = 2  # pt2 export specialises a batch of 1 into a fixed batch size
 
 
 @dataclass(frozen=True)
 class RunContent:
-    """What one run logs besides its models: params, metrics and the staged files."""
+    """What one run logs besides its model: params, metrics, the staged files and the
+    datasets (suite, preserved pool) it was judged on."""
 
     params: dict[str, Any]
     metrics: dict[str, float]
     staged: Path
+    datasets: tuple[RunDataset, ...] = ()
 
 
 def metric_name(name: str) -> str:
@@ -145,56 +148,74 @@ def _upload(conn: Connection, run_id: str, content: RunContent, model: nn.Module
     manifest = artifacts.write_manifest(content.staged)
     client.log_artifacts(run_id, str(content.staged))
 
-    cpu_model = copy.deepcopy(model).to("cpu").eval()
     with tempfile.TemporaryDirectory() as tmp:
         if onnx_export is None:
-            onnx_export = export_onnx(cpu_model, tuple(spec.input_size), Path(tmp) / "model.onnx")
-        onnx_id, served_sha = _log_models(run_id, cpu_model, spec, onnx_export, Path(tmp))
+            onnx_export = export_onnx(copy.deepcopy(model).to("cpu").eval(),
+                                      tuple(spec.input_size), Path(tmp) / "model.onnx")
+        # start_run() ends the run as FINISHED on exit; the caller marks it complete (or
+        # FAILED) only after checking the upload, and registration looks at that mark.
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            for dataset in content.datasets:
+                dataset.log()
+            model_id, served_sha = _log_model(spec, onnx_export, Path(tmp))
     if served_sha != onnx_export.sha256:
         raise RegistryError(f"the store holds an ONNX file {served_sha[:12]} that differs from "
-                            f"the exported {onnx_export.sha256[:12]}")
+                            f"the exported {onnx_export.sha256[:12]}; nothing registered")
 
     stored = _list_files(client, run_id)
     missing = artifacts.missing_files(manifest, stored, content.staged)
     if missing:
         raise RegistryError(f"upload incomplete, store lacks {', '.join(missing[:5])}")
-    client.set_tag(run_id, versions.ONNX_MODEL_ID, onnx_id)
+    client.set_tag(run_id, versions.ONNX_MODEL_ID, model_id)
     client.set_tag(run_id, versions.ONNX_SHA256, served_sha)
     client.set_tag(run_id, versions.LOGGED, "complete")
     client.set_terminated(run_id, "FINISHED")
 
 
-def _log_models(run_id: str, model: nn.Module, spec: ModelSpec, onnx_export: ExportResult,
-                tmp: Path) -> tuple[str, str]:
-    """Log both flavors into the run; return the ONNX model id and the served file's sha256."""
-    example = torch.randn(_BATCH_SIZE_EXAMPLE, *spec.input_size,
-                          generator=torch.Generator().manual_seed(0)).numpy()
-    onnx_signature = _signature(spec, INPUT_NAME, OUTPUT_NAME)
-    # pyfunc of the torch flavor takes a bare array, not a dict keyed by input name.
-    torch_signature = _signature(spec, None, None)
-    # start_run() ends the run as FINISHED on exit; the caller marks it complete (or FAILED)
-    # only after checking the upload, and registration looks at that mark, not the status.
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        onnx_info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_export.path)), name=ONNX_NAME,
-            onnx_execution_providers=["CPUExecutionProvider"], signature=onnx_signature,
-            input_example=example, save_as_external_data=False,
-            pip_requirements=_pins("onnx", _onnxruntime_dist()))
-        torch_info = mlflow.pytorch.log_model(
-            model, name=TORCH_NAME, input_example=example, signature=torch_signature,
-            pip_requirements=_pins("torch"))
-        mlflow.set_tag(versions.TORCH_MODEL_ID, torch_info.model_id)
+def _log_model(spec: ModelSpec, onnx_export: ExportResult, tmp: Path) -> tuple[str, str]:
+    """Log the pyfunc model (models-from-code: the ONNX graph + spec, the serving
+    preprocessing shipped as code) into the active run; return its model id and the sha256
+    of the ONNX file the store now holds. Nothing in it is a pickle; the editable torch
+    weights are the run's ``weights/`` safetensors artifact."""
+    spec_file = tmp / "model.json"
+    spec_file.write_text(spec.to_json())
+    onnx_file = tmp / "served" / Path(ONNX_FILE).name  # the name serving downloads
+    onnx_file.parent.mkdir()
+    shutil.copyfile(onnx_export.path, onnx_file)
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME, python_model=str(Path(pyfunc_model.__file__)),
+        artifacts={pyfunc_model.ONNX_ARTIFACT: str(onnx_file),
+                   pyfunc_model.SPEC_ARTIFACT: str(spec_file)},
+        code_paths=[str(_vitedit_ops_code(tmp))], signature=_signature(),
+        input_example=pd.DataFrame({pyfunc_model.IMAGE_COLUMN: [example_image()]}),
+        pip_requirements=_pins("torch", "torchvision", "timm", "safetensors", "numpy",
+                               "pandas", "pillow", _onnxruntime_dist()))
     served = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{onnx_info.artifact_path.rstrip('/')}/model.onnx", dst_path=str(tmp / "dl"))
-    return onnx_info.model_id, file_sha256(served)
+        artifact_uri=f"{info.artifact_path.rstrip('/')}/{ONNX_FILE}", dst_path=str(tmp / "dl"))
+    return info.model_id, file_sha256(served)
 
 
-def _signature(spec: ModelSpec, input_name: str | None,
-               output_name: str | None) -> ModelSignature:
-    """Batches of images in, logits out; the batch axis is dynamic."""
+def example_image() -> bytes:
+    """A real picture for the input example: the first digit of the reference data, as the
+    PNG file a client would send."""
+    pixels, _ = digits_pixels()
+    return png_bytes(pixels[0])
+
+
+def _vitedit_ops_code(tmp: Path) -> Path:
+    """A clean copy of the ``vitedit_ops`` package (no bytecode caches) to ship as code."""
+    source = Path(vitedit_ops.__file__).resolve().parent
+    return Path(shutil.copytree(source, tmp / "code" / "vitedit_ops",
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
+
+
+def _signature() -> ModelSignature:
+    """Encoded image files in (base64 in JSON), the top class and every probability out."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *spec.input_size), input_name)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.num_classes), output_name)]))
+        inputs=Schema([ColSpec(DataType.binary, pyfunc_model.IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec(DataType.long, "label"), ColSpec(DataType.string, "class_name"),
+                        ColSpec(DataType.double, "probability"),
+                        ColSpec(Array(DataType.double), "probabilities")]))
 
 
 def _onnxruntime_dist() -> str:

@@ -35,10 +35,11 @@ IDEMPOTENCY_KEY = "vitedit.idempotency_key"
 METHOD = "vitedit.method"
 # run-only tags
 REGISTERED_MODEL = "vitedit.registered_model"
-ONNX_MODEL_ID = "vitedit.onnx_model_id"
-TORCH_MODEL_ID = "vitedit.torch_model_id"
+ONNX_MODEL_ID = "vitedit.onnx_model_id"            # the pyfunc logged model holding model.onnx
 LOGGED = "vitedit.logged"                      # "complete" once every artifact is uploaded
 ERROR = "vitedit.error"
+# version-only: the alias registration still has to move onto the (ready) version
+PENDING_ALIAS = "vitedit.pending_alias"
 
 READY, REGISTERING, INCOMPLETE = "ready", "registering", "incomplete"
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -4,7 +4,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -16,8 +15,8 @@ from registry.errors import RegistryError
 from registry.loading import download_suite, load_version, model_uri
 from registry.lookup import champion
 from registry.mlflow_registry import publish_edit
+from registry.promotion import ONNX_FILE
 from vitedit_ops.export import file_sha256
-from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import fingerprint, save_model
 
 
@@ -43,7 +42,7 @@ def test_base_is_version_1_champion_with_suite_and_hashes(lineage, embedded_uri,
     assert tags[versions.SUITE_SHA256] == directory_sha256(suite[0])
     model_id = mv.source.removeprefix("models:/")
     location = MlflowClient(embedded_uri).get_logged_model(model_id).artifact_location
-    served = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/model.onnx",
+    served = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{ONNX_FILE}",
                                                  dst_path=str(tmp_path))
     assert tags[versions.ONNX_SHA256] == file_sha256(served)
 
@@ -74,17 +73,16 @@ def test_the_champion_loads_as_an_editable_timm_model(lineage, embedded_uri, bas
     assert fingerprint(model) == good_edit.record.gate_report.candidate_fingerprint
 
 
-def test_serving_loads_the_onnx_champion_by_alias(lineage, embedded_uri, base_model, suite):
-    name, _ = lineage
+def test_serving_loads_the_champion_by_alias(lineage, embedded_uri, base_model):
+    """The version's logged model is the pyfunc (tests/registry/test_pyfunc.py) and holds
+    the served ONNX file, whose hash the version's tag records."""
+    name, mv = lineage
     uri = model_uri(name)
     assert uri == f"models:/{name}@champion"
     mlflow.set_tracking_uri(embedded_uri)
-    served = mlflow.pyfunc.load_model(uri)
-    images = suite[1][:8]
-    out = served.predict(images.numpy().astype(np.float32))
-    logits = np.asarray(out["logits"] if isinstance(out, dict) else out)
-    expected = predict_logits(base_model, images).numpy()
-    assert np.abs(logits - expected).max() < 1e-4
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert file_sha256(local / ONNX_FILE) == mv.tags[versions.ONNX_SHA256]
+    assert mv.source == f"models:/{mlflow.models.Model.load(str(local)).model_id}"
 
 
 def test_download_suite_is_verified_and_inherited(lineage, embedded_uri, suite, good_edit,

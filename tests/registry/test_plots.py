@@ -45,3 +45,36 @@ def test_mask_heatmap_refuses_inconsistent_input(tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         plots.mask_heatmap("w", {"a": torch.rand(8)}, {"a": torch.tensor([8])}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _gr_lr_points(count: int) -> list[plots.BeforeAfter]:
+    rng = np.random.default_rng(0)
+    points = [plots.BeforeAfter(f"{i % 10}->{(i * 7) % 10} @shift-{i}" + (
+        " (not applied)" if i % 9 == 4 else ""), float(rng.uniform(0, 0.3)),
+        float(rng.uniform(0.1, 1)), 1.0, float(1 - rng.uniform(0, 0.02)))
+        for i in range(count)]
+    return points + [plots.BeforeAfter("overall", 0.1, 0.7, 1.0, float("nan"))]
+
+
+def test_gr_lr_plot_stays_readable_with_many_groups():
+    """45 groups: one row each, overall first, no two labels or value texts overlap, the
+    gate thresholds are drawn, and the after dots are coloured by them."""
+    points = _gr_lr_points(45)
+    fig = plots.gr_lr_figure(points, gr_min=0.5, lr_min=0.99)
+    gr_ax, lr_ax, values = fig.axes
+    renderer = fig.canvas.get_renderer()
+    for axis in (gr_ax, values):
+        labels = [t for t in axis.get_yticklabels() if t.get_text()]
+        assert len(labels) == 46
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.y0)
+        assert all(low.y1 <= high.y0 for low, high in zip(boxes, boxes[1:]))
+    top = max(gr_ax.get_yticklabels(), key=lambda t: t.get_position()[1])
+    assert top.get_text() == "overall"
+    assert "0.990" not in values.get_yticklabels()[0].get_text()  # values, not thresholds
+    assert [line.get_xdata()[0] for ax in (gr_ax, lr_ax) for line in ax.lines
+            if line.get_linestyle() == "--"] == [0.5, 0.99]
+    after = gr_ax.collections[1::2]  # before, after, before, after, ... per row
+    colours = {tuple(np.round(c.get_facecolor()[0][:3], 2)) for c in after}
+    assert len(colours) == 2  # some clear the 0.5 gate, some do not
+    greyed = [t for t in gr_ax.get_yticklabels() if t.get_text().endswith("(not applied)")]
+    assert greyed and all(t.get_color() == "#888888" for t in greyed)

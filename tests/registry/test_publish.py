@@ -1,5 +1,7 @@
 """Logging and registering edit runs on the embedded store: what a reviewer finds in MLflow."""
 
+import threading
+import time
 from dataclasses import dataclass, replace
 
 import pytest
@@ -53,7 +55,7 @@ def test_version_tags_tie_it_to_lineage_gate_patches_onnx_and_suite(lineage, goo
     mv = lineage.client.get_model_version(lineage.name, lineage.good.version)
     record = good_edit.record
     tags = mv.tags
-    assert tags[versions.STATUS] == "ready"
+    assert tags[versions.STATUS] == "ready" and versions.PENDING_ALIAS not in tags
     assert tags[versions.KIND] == "edit"
     assert tags[versions.BASE_VERSION] == "1" and tags[versions.PARENT_VERSION] == "1"
     assert tags[versions.LINEAGE_ROOT_FINGERPRINT] == record.lineage_root_fingerprint
@@ -125,3 +127,59 @@ def test_same_edit_twice_creates_no_second_version_or_run(lineage, good_edit, em
         [lineage.client.get_run(lineage.good.run_id).info.experiment_id])
     assert len(runs_after) == len(runs_before)
     assert len(lineage.client.search_model_versions(f"name = '{lineage.name}'")) == 3
+
+
+def test_an_alias_never_points_at_a_version_not_ready(embedded_uri, register_base_as,
+                                                      good_edit, model_name):
+    """What serving's poll and promote see while a base and an edit register: the alias
+    moves only once its version is ready (no spurious refusal of a half-registered one)."""
+    client = MlflowClient(embedded_uri)
+    seen: list[tuple[str, str, bool]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for alias in (versions.CHAMPION, versions.CHALLENGER):
+                info = versions.by_alias(client, model_name, alias)
+                if info is not None:
+                    seen.append((alias, info.version, info.ready))
+            time.sleep(0.01)
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        register_base_as(model_name, embedded_uri)
+        publish_edit(replace(good_edit.record, registered_model=model_name), embedded_uri)
+    finally:
+        stop.set()
+        poller.join()
+    assert {("champion", "1", True), ("challenger", "2", True)} <= set(seen)
+    assert [s for s in seen if not s[2]] == []
+
+
+def test_a_registration_that_died_before_its_alias_finishes_when_run_again(
+        embedded_uri, register_base_as, good_edit, model_name):
+    client = MlflowClient(embedded_uri)
+    register_base_as(model_name, embedded_uri)
+    record = replace(good_edit.record, registered_model=model_name)
+    first = publish_edit(record, embedded_uri)
+    # the state a process killed between the ready mark and the alias move leaves behind
+    for alias, version in ((versions.CHAMPION, "1"), (versions.CHALLENGER, first.version)):
+        client.delete_registered_model_alias(model_name, alias)
+        client.set_model_version_tag(model_name, version, versions.PENDING_ALIAS, alias)
+    assert register_base_as(model_name, embedded_uri).aliases == ("champion",)
+    again = publish_edit(record, embedded_uri)
+    assert (again.version, again.created, again.aliases) == (first.version, False,
+                                                             ("challenger",))
+    for version in ("1", first.version):
+        assert versions.PENDING_ALIAS not in client.get_model_version(model_name, version).tags
+
+
+def test_printed_run_links_use_the_configured_ui_address(lineage, embedded_uri, monkeypatch):
+    from flows.reporting import mlflow_ui_command
+    from registry.lookup import run_url
+
+    monkeypatch.setenv("VITEDIT_MLFLOW_UI_URL", "https://mlflow.example.org:8443/")
+    experiment = lineage.client.get_run(lineage.good.run_id).info.experiment_id
+    assert run_url(lineage.good.run_id, embedded_uri) == \
+        f"https://mlflow.example.org:8443/#/experiments/{experiment}/runs/{lineage.good.run_id}"
+    assert mlflow_ui_command(embedded_uri).endswith("--port 8443")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -17,6 +18,7 @@ from registry.errors import RegistryError, RegistryUnavailableError
 from registry.loading import load_version
 from registry.lookup import champion
 from registry.mlflow_registry import publish_edit
+from registry.runs import example_image
 from vitedit_ops.errors import EXIT_INFRASTRUCTURE
 from vitedit_ops.export import ExportResult
 from vitedit_ops.models import fingerprint
@@ -53,8 +55,8 @@ def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite
 
     mlflow.set_tracking_uri(mlflow_server)
     served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    out = served.predict(suite[1][:4].numpy().astype(np.float32))
-    assert np.asarray(out["logits"] if isinstance(out, dict) else out).shape == (4, 10)
+    out = served.predict(pd.DataFrame({"image": [example_image()] * 4}))
+    assert np.array(out["probabilities"].tolist()).shape == (4, 10)
 
     assert run_cli("rollback", "--model", name).exit_code == 0
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
