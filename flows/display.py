@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .reporting import NightlyResult, mlflow_ui_command
+from .reporting import NightlyResult, ledger_note, mlflow_ui_command
 
 _STYLES = {"accepted": "green", "applied": "green", "rejected": "yellow", "left out": "yellow",
            "error": "red"}
@@ -48,6 +48,8 @@ def print_night(result: NightlyResult, console: Console, tracking_uri: str) -> N
         console.print(gate)
     if result.ledger_rows:
         console.print(f"edit ledger: {result.ledger_rows} prediction(s) recorded as used")
+    if note := ledger_note(result):
+        console.print(f"edit ledger: {note}", highlight=False, soft_wrap=True)
     if result.run_url:
         console.print(f"MLflow run: {result.run_url}\n  (open with: "
                       f"{mlflow_ui_command(tracking_uri)})", highlight=False, soft_wrap=True)

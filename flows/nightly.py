@@ -5,8 +5,10 @@ suite (registry) -> build the preserved pool -> plan the edit units: subpopulati
 images, each to be a scoped patch, and (true, predicted) groups (``units``) -> edit and check
 each unit alone (one task each, sharing a concurrency limit: one GPU) -> stack the accepted
 units on the champion -> export ONNX -> gate -> grow the suite with what was fixed ->
-register (challenger if the gate passed) -> ledger -> optional promotion. A unit that raises
-or fails its checks is reported and left out; I/O tasks retry.
+register (challenger if the gate passed) -> ledger (pending) -> optional promotion -> settle
+the ledger. A unit that raises or fails its checks is reported and left out; I/O tasks retry.
+Each night starts by settling the ledger from the registry: fixes of versions that are or were
+champion are committed, those of a challenger replaced unpromoted are released.
 
 Idempotent: the key of (collected predictions, champion, settings) is a registry tag; a
 re-run that finds its version recovers from it (ledger, promotion) instead of editing again.
@@ -37,10 +39,13 @@ from prefect.states import Crashed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from monitoring import Collector, open_image_store, open_store
+from monitoring.audit import StoreAuditTrail
 from monitoring.collector import Collection
 from monitoring.images import ImageIntegrityError
+from monitoring.store import LedgerSettlement
 from registry import VersionInfo, gate_report, load_version, publish_edit, promote, run_url
-from registry import fail_orphaned_edit_runs, version_by_key
+from registry import fail_orphaned_edit_runs, standing, version_by_key
+from registry.versions import CHAMPION
 from registry.client import first_line
 from registry.mlflow_registry import Registration
 from registry.record import EditRunRecord
@@ -264,7 +269,8 @@ def registered_version(ref: ChampionRef, info: VersionInfo
 
 @task(name="record-ledger", **IO)
 def record_ledger(run_id: str, version: str, prediction_ids: tuple[str, ...]) -> int:
-    """Mark the fixed predictions as used, so no later night edits on them again."""
+    """Mark the fixed predictions as used (pending while the version is a challenger), so
+    no later night edits on them again unless this challenger is superseded."""
     store = open_store()
     try:
         return store.record_edit_usage(run_id, version, prediction_ids)
@@ -272,11 +278,34 @@ def record_ledger(run_id: str, version: str, prediction_ids: tuple[str, ...]) ->
         store.close()
 
 
+@task(name="reconcile-ledger", **IO)
+def reconcile_ledger(model: str, tracking_uri: str) -> tuple[LedgerSettlement, str | None]:
+    """Settle the ledger from the registry: the fixes of every version that is or was
+    champion (the audit's timeline, MLflow's, the champion's ancestors) are committed; a
+    challenger replaced unpromoted releases its own. Returns what changed and the current
+    challenger."""
+    now = standing(model, tracking_uri)
+    store = open_store()
+    try:
+        audited = {e.version for e in StoreAuditTrail(store).events(model, CHAMPION)}
+        under_review = [now.challenger] if now.challenger else []
+        return store.settle_edit_usage(model, committed=now.served | audited,
+                                       under_review=under_review), now.challenger
+    finally:
+        store.close()
+
+
 @task(name="promote", **IO)
 def promote_challenger(run_id: str, tracking_uri: str) -> bool:
-    """Move the champion alias (verified by the registry); False if it already was there."""
-    return promote(run_id, user=PROMOTED_BY, reason="auto-promotion of the nightly deployment",
-                   tracking_uri=tracking_uri) is not None
+    """Move the champion alias (verified by the registry, recorded in the store's promotion
+    audit); False if it already was there."""
+    store = open_store()
+    try:
+        return promote(run_id, user=PROMOTED_BY,
+                       reason="auto-promotion of the nightly deployment",
+                       tracking_uri=tracking_uri, audit=StoreAuditTrail(store)) is not None
+    finally:
+        store.close()
 
 
 # -- the flow ---------------------------------------------------------------------------------
@@ -344,8 +373,9 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
         return result
 
     _end_orphans(plan)
+    result = known(_settle_ledger(plan, progress[-1]))
     collection = collect_errors(plan.model, plan.since, plan.until, plan.settings)
-    result = known(replace(progress[-1], collected=collection.summary.to_dict()))
+    result = known(replace(result, collected=collection.summary.to_dict()))
     groups = list(collection.groups)
     if not groups:
         return result
@@ -410,6 +440,28 @@ def _end_orphans(plan: NightPlan) -> None:
             get_run_logger().warning("orphaned %s not checked: %s", what, first_line(exc))
 
 
+def _settle_ledger(plan: NightPlan, result: NightlyResult) -> NightlyResult:
+    """Reconcile the ledger with the registry and say what changed; best effort: without the
+    registry the ledger stays as it is (pending rows keep their images out of the
+    collection: they come back, late, never twice), worth a warning, not a failed night."""
+    try:
+        settled, challenger = reconcile_ledger(plan.model, plan.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        get_run_logger().warning("edit ledger not reconciled: %s", first_line(exc))
+        return result
+    superseded = tuple((version, challenger or "", rows)
+                       for version, rows in sorted(settled.released.items()))
+    for version, by, rows in superseded:
+        get_run_logger().warning("challenger v%s was superseded%s unpromoted: %d fixed "
+                                 "prediction(s) released, to be collected again", version,
+                                 f" by v{by}" if by else "", rows)
+    committed = {**result.ledger_committed}
+    for version, rows in settled.committed.items():
+        committed[version] = committed.get(version, 0) + rows
+    return replace(result, superseded=result.superseded + superseded,
+                   ledger_committed=committed)
+
+
 def _edit_all(plan: NightPlan, ref: ChampionRef, units: list[GroupImages],
               preserved: PreservedPool | None) -> list[GroupOutcome]:
     """Every unit's outcome, in plan order: edited, or the error that stopped it."""
@@ -468,7 +520,7 @@ def _finish(plan: NightPlan, result: NightlyResult, version: str, run_id: str,
     result = replace(result, ledger_rows=record_ledger(run_id, version, fixes.prediction_ids))
     if plan.auto_promote:
         result = replace(result, promoted=promote_challenger(run_id, plan.tracking_uri))
-    return result
+    return _settle_ledger(plan, result)
 
 
 def ensure_limit(name: str, slots: int) -> None:

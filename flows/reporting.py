@@ -51,6 +51,10 @@ class NightlyResult:
     aliases: tuple[str, ...] = ()
     promoted: bool = False
     ledger_rows: int = 0
+    # the ledger settled from the registry: rows committed per version (it serves or served),
+    # and challengers superseded unpromoted: (version, the challenger now or "", rows released)
+    ledger_committed: dict[str, int] = field(default_factory=dict)
+    superseded: tuple[tuple[str, str, int], ...] = ()
     collected: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -114,6 +118,17 @@ def publish_artifacts(result: NightlyResult) -> None:
                              description=result.headline)
 
 
+def ledger_note(result: NightlyResult) -> str:
+    """What settling the ledger changed: superseded challengers and committed fixes."""
+    parts = [f"challenger v{version} was superseded"
+             + (f" by v{by}" if by and by != version else "")
+             + f" without being promoted: its {rows} fixed prediction(s) are released and "
+             "will be collected again" for version, by, rows in result.superseded]
+    parts += [f"{rows} prediction(s) of v{version} committed (it serves or served as "
+              "champion)" for version, rows in sorted(result.ledger_committed.items())]
+    return "; ".join(parts) + "." if parts else ""
+
+
 def markdown(result: NightlyResult) -> str:
     lines = [f"## {result.headline}", ""]
     if result.run_url:
@@ -128,7 +143,9 @@ def markdown(result: NightlyResult) -> str:
                   f"earlier edits, {c.get('small_groups_skipped', 0)} small group(s) waiting).",
                   ""]
     if result.ledger_rows:
-        lines += [f"Edit ledger: {result.ledger_rows} prediction(s) recorded as used.", ""]
+        lines += [f"Edit ledger: {result.ledger_rows} prediction(s) recorded as used (pending "
+                  "until the version serves as champion).", ""]
+    lines += [f"Edit ledger: {line}", ""] if (line := ledger_note(result)) else []
     if result.gate is not None:
         lines.append(result.gate.to_markdown())
     if result.error:

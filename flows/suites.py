@@ -9,6 +9,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from monitoring import open_store
+from monitoring.audit import StoreAuditTrail
 from registry.base import register_base
 from vitedit_ops.gate import build_suite
 from vitedit_ops.imagefiles import read_image_folder
@@ -27,7 +29,10 @@ def write_suite(checkpoint: str, described: ModelDescription, images: str, out: 
 
 @task(name="register-base", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def register(checkpoint: str, described: ModelDescription, suite_dir: str, name: str) -> str:
-    return register_base(checkpoint, suite_dir, name=name, spec=described).version
+    """Register the base; its first champion move goes into the store's promotion audit."""
+    with open_store() as store:
+        return register_base(checkpoint, suite_dir, name=name, spec=described,
+                             audit=StoreAuditTrail(store)).version
 
 
 @flow(name="build-suite")

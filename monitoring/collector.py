@@ -24,7 +24,7 @@ from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.groups import ErrorGroup, ImageRef
 
 from .images import ImageStore
-from .schema import EditLedger, Feedback, ModelClasses, Prediction
+from .schema import RELEASED, EditLedger, Feedback, ModelClasses, Prediction
 from .store import MonitoringStore, QuarantineEntry
 from .validation import Reason
 
@@ -131,7 +131,8 @@ class Collector:
         """Error groups of ``model`` from predictions made in ``[since, until)``.
 
         Joins predictions with feedback, keeps those whose true class differs from the
-        prediction, drops images an earlier edit of this model used, de-duplicates by image
+        prediction, drops images an earlier edit of this model fixed (ledger rows pending or
+        committed; released rows of a superseded challenger do not count), de-duplicates by image
         hash (the latest prediction of an image wins), quarantines conflicting feedback,
         groups by (true, predicted) and splits each group deterministically by ``seed``.
         """
@@ -154,7 +155,8 @@ class Collector:
             conflicts = self._conflict_details(
                 conn, {row[1] for row in rows} & self._conflicting_images(conn))
             used = set(conn.execute(sa.select(EditLedger.image_sha256.distinct())
-                                    .where(EditLedger.model_name == model)).scalars())
+                                    .where(EditLedger.model_name == model,
+                                           EditLedger.state != RELEASED)).scalars())
 
         bad_class = [row[5] for row in rows if row[6] >= num_classes]
         if bad_class:
@@ -236,13 +238,14 @@ class Collector:
         return out
 
     def previously_edited(self, model: str, *, run_id: str | None = None) -> list[EditedImage]:
-        """Images earlier edit runs of ``model`` used, with their (unambiguous) true class."""
+        """Images earlier edit runs of ``model`` fixed, with their (unambiguous) true class;
+        not those of a superseded challenger (released: its fixes are in no served model)."""
         query = (sa.select(EditLedger.run_id, EditLedger.model_version, Prediction.id,
                            Prediction.image_sha256, Prediction.predicted_class,
                            sa.func.min(Feedback.true_class), sa.func.max(Feedback.true_class))
                  .join(Prediction, Prediction.id == EditLedger.prediction_id)
                  .join(Feedback, Feedback.prediction_id == Prediction.id)
-                 .where(EditLedger.model_name == model)
+                 .where(EditLedger.model_name == model, EditLedger.state != RELEASED)
                  .group_by(EditLedger.id, EditLedger.run_id, EditLedger.model_version,
                            Prediction.id, Prediction.image_sha256, Prediction.predicted_class)
                  .order_by(EditLedger.id))

@@ -3,7 +3,8 @@
 Timestamps are stored as UTC and come back aware, on SQLite and PostgreSQL alike. Indexes
 exist for the collector's access paths: feedback -> prediction by id (covering), predictions
 by (model, time) and by image hash, feedback by (image hash, class) for label conflicts and
-pending rows, and the ledger by (model, image hash).
+pending rows, the ledger by (model, image hash) and (model, state, version), and the
+promotion audit by (model, alias, seq).
 """
 
 from __future__ import annotations
@@ -104,8 +105,16 @@ class Feedback(Base):
     )
 
 
+PENDING, COMMITTED, RELEASED = "pending", "committed", "released"
+
+
 class EditLedger(Base):
-    """Which prediction (and so which image) an edit run used, for which model version."""
+    """Which prediction (and so which image) an edit run fixed, for which model version.
+
+    ``state`` follows the version: ``pending`` while it is a challenger, ``committed`` once
+    it is or was champion (its fixes served), ``released`` when another challenger replaced
+    it unpromoted (its fixes are in no served model: the images may be collected again).
+    """
 
     __tablename__ = "edit_ledger"
 
@@ -116,10 +125,13 @@ class EditLedger(Base):
     prediction_id: Mapped[str] = mapped_column(sa.String(200), index=True)
     image_sha256: Mapped[str] = mapped_column(sa.String(64))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(sa.String(20), server_default=PENDING)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         sa.UniqueConstraint("run_id", "prediction_id"),
         sa.Index(None, "model_name", "image_sha256"),
+        sa.Index(None, "model_name", "state", "model_version"),
     )
 
 
@@ -137,6 +149,30 @@ class Quarantine(Base):
     raw: Mapped[str] = mapped_column(sa.Text)
     fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
     quarantined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PromotionAudit(Base):
+    """One move of a registered model's alias (promote, rollback, register-base), as recorded
+    when it happened. Insert only: the store API has no update or delete, and a trigger
+    refuses both on SQLite and PostgreSQL (``migrations/versions/0005``)."""
+
+    __tablename__ = "promotion_audit"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(sa.String(200))
+    alias: Mapped[str] = mapped_column(sa.String(200))
+    seq: Mapped[int] = mapped_column(sa.Integer)
+    action: Mapped[str] = mapped_column(sa.String(40))
+    version: Mapped[str] = mapped_column(sa.String(200))
+    previous: Mapped[str] = mapped_column(sa.String(200))
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    authenticated: Mapped[bool] = mapped_column(sa.Boolean)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    forced: Mapped[bool] = mapped_column(sa.Boolean)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    overridden: Mapped[str] = mapped_column(sa.Text)
+
+    __table_args__ = (sa.UniqueConstraint("model_name", "alias", "seq"),)
 
 
 metadata = Base.metadata

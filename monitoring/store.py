@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from vitedit_ops.errors import InfrastructureError, InvalidInputError
 
-from .schema import EditLedger, Feedback, ModelClasses, Prediction, Quarantine, table_of
+from .schema import (COMMITTED, PENDING, RELEASED, EditLedger, Feedback, ModelClasses,
+                     Prediction, Quarantine, table_of)
 from .validation import MAX_STORED_INT, Reason, utcnow
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -78,6 +79,17 @@ class BatchOutcome:
     @property
     def quarantined(self) -> int:
         return sum(self.reasons.values())
+
+
+@dataclass(frozen=True)
+class LedgerSettlement:
+    """What reconciling the edit ledger with the registry changed: rows per version."""
+
+    committed: dict[str, int] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.committed or self.released)
 
 
 @dataclass(frozen=True)
@@ -462,11 +474,12 @@ class MonitoringStore:
     # -- edit ledger ----------------------------------------------------------------------
     def record_edit_usage(self, run_id: str, model_version: str,
                           prediction_ids: Iterable[str]) -> int:
-        """Record that edit run ``run_id`` (producing ``model_version``) used these predictions.
+        """Record that edit run ``run_id`` (producing ``model_version``) fixed these
+        predictions, as ``pending`` until ``settle_edit_usage`` says the version served.
 
-        Their images are then excluded from later collections for the same model. Idempotent
-        per (run, prediction), so a retried flow task records nothing twice. Returns the
-        number of new ledger rows.
+        Their images are excluded from later collections for the same model while the rows
+        are pending or committed. Idempotent per (run, prediction), so a retried flow task
+        records nothing twice (nor revives a released row). Returns the number of new rows.
         """
         ids = list(dict.fromkeys(prediction_ids))
         with self.write() as conn:
@@ -484,13 +497,65 @@ class MonitoringStore:
             now = utcnow()
             rows = [{"run_id": run_id, "model_version": model_version, "prediction_id": pid,
                      "model_name": found[pid][0], "image_sha256": found[pid][1],
-                     "recorded_at": now} for pid in ids]
+                     "recorded_at": now, "state": PENDING} for pid in ids]
             if not rows:
                 return 0
             table = table_of(EditLedger)
             stmt = (self._insert(table).on_conflict_do_nothing(
                 index_elements=[table.c.run_id, table.c.prediction_id]).returning(table.c.id))
             return len(conn.execute(stmt, rows).all())
+
+    def settle_edit_usage(self, model: str, *, committed: Iterable[str],
+                          under_review: Iterable[str]) -> LedgerSettlement:
+        """Bring the ledger of ``model`` in line with the registry.
+
+        Rows of ``committed`` versions (they are or were champion: their fixes served) become
+        committed, released ones included (a superseded version promoted after all). Pending
+        rows of any other version not ``under_review`` (the current challenger) are released:
+        that version was replaced unpromoted, its fixes are in no served model, and its images
+        may be collected again. Committed rows never change.
+        """
+        served = set(committed)
+        keep = served | set(under_review)
+        unsettled = (sa.select(EditLedger.model_version, EditLedger.state, sa.func.count())
+                     .where(EditLedger.model_name == model, EditLedger.state != COMMITTED)
+                     .group_by(EditLedger.model_version, EditLedger.state))
+
+        def changes(states: Sequence[Any]) -> list[tuple[str, str, str, int]]:
+            found = []
+            for version, state, rows in states:
+                if version in served:
+                    found.append((version, state, COMMITTED, rows))
+                elif version not in keep and state == PENDING:
+                    found.append((version, state, RELEASED, rows))
+            return found
+
+        out = LedgerSettlement()
+        with self.read() as conn:  # most nights change nothing: no write lock for them
+            if not changes(conn.execute(unsettled).tuples().all()):
+                return out
+        now = utcnow()
+        with self.write() as conn:
+            for version, state, target, rows in changes(conn.execute(unsettled).tuples().all()):
+                tally = out.committed if target == COMMITTED else out.released
+                conn.execute(sa.update(EditLedger)
+                             .where(EditLedger.model_name == model,
+                                    EditLedger.model_version == version,
+                                    EditLedger.state == state)
+                             .values(state=target, settled_at=now))
+                tally[version] = tally.get(version, 0) + rows
+        return out
+
+    def ledger_states(self, model: str) -> dict[str, dict[str, int]]:
+        """Ledger rows of ``model`` per version and state."""
+        out: dict[str, dict[str, int]] = {}
+        with self.read() as conn:
+            for version, state, rows in conn.execute(
+                    sa.select(EditLedger.model_version, EditLedger.state, sa.func.count())
+                    .where(EditLedger.model_name == model)
+                    .group_by(EditLedger.model_version, EditLedger.state)):
+                out.setdefault(version, {})[state] = rows
+        return out
 
     # -- inspection -------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

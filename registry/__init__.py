@@ -22,13 +22,13 @@ _EXPORTS = {
     "register_hypernet": "lineage_assets", "load_assets": "lineage_assets",
     "LineageAssets": "lineage_assets", "RegisteredHypernet": "lineage_assets",
     "champion": "lookup", "version_by_key": "lookup", "gate_report": "lookup",
-    "run_url": "lookup",
+    "run_url": "lookup", "standing": "lookup", "Standing": "lookup",
     "promote": "promotion", "rollback": "promotion", "history": "promotion",
-    "AliasEvent": "promotion",
+    "AliasEvent": "promotion", "Timeline": "promotion",
     "fail_orphaned_edit_runs": "runs",
     "VersionInfo": "versions",
     "RegistryError": "errors", "RegistryUnavailableError": "errors",
-    "PromotionRefusedError": "errors",
+    "PromotionRefusedError": "errors", "PermissionRefusedError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from vitedit_ops.audit import AuditTrail
 from vitedit_ops.export import ExportResult
 from vitedit_ops.models import ModelDescription, ModelSpec, fingerprint, load_model
 from vitedit_ops.settings import get_settings
@@ -23,11 +24,13 @@ from .runs import RunContent, create_run, fill_run, logged_run
 
 def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | None = None,
                   spec: ModelSpec | str | Path | None = None, onnx: ExportResult | None = None,
-                  tracking_uri: str | None = None) -> Registration:
+                  tracking_uri: str | None = None,
+                  audit: AuditTrail | None = None) -> Registration:
     """Register ``checkpoint`` (safetensors + spec JSON beside it, or ``spec``) with its suite
     as the first version of ``name`` (default: the settings' registered model) and make it
     champion. Registering the same weights and suite again returns the existing version.
     ``onnx`` is an export of exactly these weights if the caller has one; else it is made here.
+    The champion alias's first move is recorded in ``audit`` (and the MLflow mirror).
     """
     name = versions.check_safe(name or get_settings().registered_model, "registered model name")
     suite_dir = Path(suite_dir)
@@ -67,4 +70,4 @@ def register_base(checkpoint: str | Path, suite_dir: str | Path, name: str | Non
             content = RunContent(params=params, metrics={}, staged=staged,
                                  datasets=(suite_files_dataset(suite_dir, suite_hash),))
             fill_run(conn, run_id, content, model, spec, onnx)
-    return register_run(run_id, tracking_uri=conn.tracking_uri)
+    return register_run(run_id, tracking_uri=conn.tracking_uri, audit=audit)

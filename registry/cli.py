@@ -2,21 +2,27 @@
 signing-key create``.
 
 Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. MLflow is imported
-inside the commands, so other commands do not pay for it. Exit codes: 0 done, 2 bad input,
-3 promotion refused by the gate/verification, 4 registry unreachable.
+inside the commands, so other commands do not pay for it. These commands compose the two
+adapters: every move of an alias is recorded in the monitoring store's append-only promotion
+audit (``VITEDIT_STORE_URL``), and ``history`` reads it back and checks MLflow's copy against
+it. Exit codes: 0 done, 2 bad input, 3 promotion refused (gate/verification, or the
+authenticated user lacks MANAGE), 4 registry or store unreachable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from vitedit_ops.cli.model_options import Arch, DataArg, ModelArg, ModelConfig
+
+if TYPE_CHECKING:
+    from vitedit_ops.audit import AliasEvent, AuditTrail
 
 T = TypeVar("T")
 
@@ -52,6 +58,15 @@ def _guard(action: Callable[[], T]) -> T:
         raise typer.Exit(exc.exit_code) from None
 
 
+def _audited(action: Callable[[AuditTrail], T]) -> T:
+    """Run ``action`` with the promotion audit of the configured monitoring store."""
+    from monitoring import open_store
+    from monitoring.audit import StoreAuditTrail
+
+    with open_store() as store:
+        return action(StoreAuditTrail(store))
+
+
 def register_base_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Weights (safetensors or "
                                              "a weights-only torch file).")],
@@ -68,9 +83,9 @@ def register_base_command(
 
     from .base import register_base
 
-    reg = _guard(lambda: register_base(checkpoint, suite, name=model,
-                                       spec=describe(arch, model_arg, data, model_config),
-                                       tracking_uri=tracking_uri))
+    reg = _guard(lambda: _audited(lambda audit: register_base(
+        checkpoint, suite, name=model, spec=describe(arch, model_arg, data, model_config),
+        tracking_uri=tracking_uri, audit=audit)))
     state = "registered" if reg.created else "already registered"
     console.print(f"{reg.name} v{reg.version} {state} (run {reg.run_id}), aliases: "
                   f"{', '.join(reg.aliases) or '-'}")
@@ -122,13 +137,14 @@ def promote_command(
     """Move an alias (default champion) to the version of RUN_ID once it verifies."""
     from .promotion import promote
 
-    event = _guard(lambda: promote(run_id, alias, force=force, reason=reason,
-                                   tracking_uri=tracking_uri))
+    event = _guard(lambda: _audited(lambda audit: promote(
+        run_id, alias, force=force, reason=reason, tracking_uri=tracking_uri, audit=audit)))
     if event is None:
         console.print(f"the version of run {run_id} already holds {alias}; nothing changed")
         return
     forced = " [bold yellow](forced)[/]" if event.forced else ""
-    console.print(f"{alias} -> v{event.version} (was v{event.previous or '-'}){forced}")
+    console.print(f"{alias} -> v{event.version} (was v{event.previous or '-'}){forced}, "
+                  f"by {_who(event)}")
 
 
 def rollback_command(
@@ -143,8 +159,14 @@ def rollback_command(
     from .promotion import rollback
 
     name = model or get_settings().registered_model
-    event = _guard(lambda: rollback(name, alias, reason=reason, tracking_uri=tracking_uri))
-    console.print(f"{name}@{alias} rolled back to v{event.version} (was v{event.previous})")
+    event = _guard(lambda: _audited(lambda audit: rollback(
+        name, alias, reason=reason, tracking_uri=tracking_uri, audit=audit)))
+    console.print(f"{name}@{alias} rolled back to v{event.version} (was v{event.previous}), "
+                  f"by {_who(event)}")
+
+
+def _who(event: AliasEvent) -> str:
+    return event.by if event.authenticated else f"{event.by} (unauthenticated)"
 
 
 def history_command(
@@ -152,38 +174,48 @@ def history_command(
     alias: ShownAlias = "champion",
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Print the alias's timeline: every promotion and rollback, oldest first."""
+    """Print the alias's timeline from the promotion audit, oldest first, and every place
+    where MLflow's copy of it disagrees."""
     from vitedit_ops.settings import get_settings
 
     from . import versions
     from .client import connect
-    from .promotion import events
+    from .promotion import history
 
     name = model or get_settings().registered_model
 
     def load():
+        timeline = _audited(lambda audit: history(name, alias, tracking_uri, audit=audit))
         conn = connect(tracking_uri)
-        name_ok = versions.check_safe(name, "model name")
-        found = {v.version: v for v in versions.search(conn.client, f"name = '{name_ok}'")}
-        return events(conn.client, name, alias), found
+        found = {v.version: v for v in versions.search(conn.client, f"name = '{name}'")}
+        # searches do not fill in aliases on every backend: ask for the holder by name
+        held = versions.by_alias(conn.client, name, alias)
+        return timeline, found, held.version if held is not None else None
 
-    timeline, found = _guard(load)
-    table = Table(title=f"{name}@{alias} timeline")
+    timeline, found, holder = _guard(load)
+    events = timeline.events
+    table = Table(title=f"{name}@{alias} timeline (promotion audit)")
     for column in ("#", "when (UTC)", "action", "version", "previous", "gate", "groups", "by",
                    "forced", "reason"):
         table.add_column(column)
-    holder = next((v for v, info in found.items() if alias in info.aliases), None)
-    for e in timeline:
+    for e in events:
         info = found.get(e.version)
         gate = info.tags.get(versions.GATE, info.kind) if info else "deleted"
         groups = info.tags.get(versions.EDITED_GROUPS, "") if info else ""
-        current = " *" if e is timeline[-1] and e.version == holder else ""
+        current = " *" if e is events[-1] and e.version == holder else ""
         table.add_row(str(e.seq), e.at.replace("+00:00", ""), e.action, f"v{e.version}{current}",
-                      f"v{e.previous}" if e.previous else "-", gate, groups, e.by,
+                      f"v{e.previous}" if e.previous else "-", gate, groups, _who(e),
                       "yes" if e.forced else "", e.reason)
     console.print(table)
-    if not timeline:
+    if not events:
         console.print(f"no recorded moves of {alias} for {name}")
+    if events and holder != events[-1].version:
+        err_console.print(f"[bold red]warning:[/] {name}@{alias} is v{holder or '-'}, but the "
+                          f"audit's last move put it on v{events[-1].version}: moved outside "
+                          "vitedit-ops", highlight=False)
+    for line in timeline.disagreements:
+        err_console.print(f"[bold red]MLflow mirror disagrees with the audit:[/] {line}",
+                          highlight=False, soft_wrap=True)
 
 
 def signing_key_create_command(

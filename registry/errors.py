@@ -20,3 +20,8 @@ class PromotionRefusedError(RegistryError, RefusedError):
         super().__init__(f"{headline}: {'; '.join(problems)}")
         self.headline = headline
         self.problems = problems
+
+
+class PermissionRefusedError(RegistryError, RefusedError):
+    """The authenticated user lacks the permission the move needs (exit 3): an owner of the
+    registered model grants it, or someone who holds it promotes."""

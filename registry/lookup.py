@@ -7,6 +7,7 @@ registry's own types back.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from vitedit_ops.gate import GateReport
@@ -16,6 +17,7 @@ from . import versions
 from .artifacts import GATE_JSON
 from .client import connect, translate_errors
 from .errors import RegistryError
+from .promotion import events
 from .versions import VersionInfo
 
 
@@ -49,3 +51,32 @@ def run_url(run_id: str, tracking_uri: str | None = None) -> str:
     with translate_errors(f"read run {run_id}"):
         experiment = client.get_run(run_id).info.experiment_id
     return f"{get_settings().resolved_mlflow_ui_url()}/#/experiments/{experiment}/runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Which versions' fixes serve and which one is under review, for the edit ledger."""
+
+    champion: str | None
+    served: frozenset[str]      # champion now or before (timeline), and the champion's ancestors
+    challenger: str | None      # under review: not served yet, not superseded either
+
+
+def standing(name: str, tracking_uri: str | None = None) -> Standing:
+    """The champion, every version whose fixes served (the champion's parent chain, since its
+    weights hold their patches, and every version the champion timeline's MLflow copy names)
+    and the current challenger. One search of the model's versions, two alias lookups."""
+    client = connect(tracking_uri).client
+    found = {v.version: v for v in versions.search(
+        client, f"name = '{versions.check_safe(name, 'registered model name')}'")}
+    # searches do not fill in aliases on every backend: ask for the two by name
+    champion_ = versions.by_alias(client, name, versions.CHAMPION)
+    held = versions.by_alias(client, name, versions.CHALLENGER)
+    challenger = held.version if held is not None else None
+    chain: set[str] = set()
+    node = champion_
+    while node is not None and node.version not in chain:  # a tag loop ends the walk
+        chain.add(node.version)
+        node = found.get(node.parent_version)
+    served = chain | {e.version for e in events(client, name, versions.CHAMPION)}
+    return Standing(champion_.version if champion_ else None, frozenset(served), challenger)

@@ -21,6 +21,8 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
+from vitedit_ops.audit import AuditTrail
+
 from . import artifacts, description, signing, versions
 from .client import Connection, connect, experiment_id, first_line, translate_errors
 from .datasets import edit_datasets
@@ -133,10 +135,12 @@ def _edit_metrics(record: EditRunRecord) -> dict[str, float]:
     return metrics
 
 
-def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
+def register_run(run_id: str, tracking_uri: str | None = None,
+                 audit: AuditTrail | None = None) -> Registration:
     """Create the model version of a completely logged run; a run registers at most once.
 
-    Base runs get the ``champion`` alias, edit runs whose gate passed ``challenger``.
+    Base runs get the ``champion`` alias (the move recorded in ``audit``), edit runs whose
+    gate passed ``challenger``.
     """
     conn = connect(tracking_uri)
     client = conn.client
@@ -151,7 +155,8 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
     if done:
         if versions.PENDING_ALIAS in done[0].tags:  # died between its ready mark and alias
             with translate_errors(f"finish registering {name} v{done[0].version}"):
-                _move_alias(client, name, done[0].version, done[0].tags[versions.PENDING_ALIAS])
+                _move_alias(conn, name, done[0].version, done[0].tags[versions.PENDING_ALIAS],
+                            audit)
             return _registration(versions.get(client, name, done[0].version), created=False)
         return _registration(done[0], created=False)
     with tempfile.TemporaryDirectory() as tmp, translate_errors(f"read run {run_id}"):
@@ -178,7 +183,7 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
         # never find it on a version still marked registering
         client.set_model_version_tag(name, version, versions.STATUS, versions.READY)
         if alias:
-            _move_alias(client, name, version, alias)
+            _move_alias(conn, name, version, alias, audit)
     except Exception as exc:
         _abandon(conn, name, version)
         raise RegistryError(f"registering run {run_id} as {name} v{version} failed, version "
@@ -186,10 +191,13 @@ def register_run(run_id: str, tracking_uri: str | None = None) -> Registration:
     return _registration(versions.get(client, name, version), created=True)
 
 
-def _move_alias(client, name: str, version: str, alias: str) -> None:
-    """Put the registration's alias on the (ready) version, then drop its pending mark."""
+def _move_alias(conn: Connection, name: str, version: str, alias: str,
+                audit: AuditTrail | None) -> None:
+    """Put the registration's alias on the (ready) version, then drop its pending mark; the
+    champion's first move is recorded in ``audit``."""
+    client = conn.client
     if alias == versions.CHAMPION:
-        move_alias(client, name, versions.CHAMPION, version, REGISTER_BASE)
+        move_alias(conn, name, versions.CHAMPION, version, REGISTER_BASE, audit=audit)
     else:
         client.set_registered_model_alias(name, alias, version)
     client.delete_model_version_tag(name, version, versions.PENDING_ALIAS)

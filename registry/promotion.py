@@ -1,18 +1,20 @@
 """Moving aliases safely: promote a verified version, roll back, and keep a timeline.
 
-Every move of an alias is recorded twice: as tags on the version it lands on (who, when,
-previous holder, forced, reason: what a reviewer sees on the version page) and as one
-append-only event tag on the registered model, from which ``history`` and ``rollback`` work
-(version tags are overwritten when a version becomes champion a second time).
+Every move of an alias is recorded in the audit trail the caller hands over (the monitoring
+store's append-only table: ``vitedit_ops.audit.AuditTrail``), and mirrored for display in
+MLflow: tags on the version it lands on (who, when, previous holder, forced, reason: what a
+reviewer sees on the version page) and one event tag on the registered model. Those tags are
+editable by anyone who may edit the model, so ``history`` flags where they disagree with the
+audit, and ``rollback`` replays the audit when there is one. The mover is the user the
+tracking server authenticated, who needs MANAGE on the model (``identity``).
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from vitedit_ops.audit import AliasEvent, AuditTrail, disagreements
 from vitedit_ops.errors import VitEditError
 from vitedit_ops.export import file_sha256
 from vitedit_ops.gate.report import GateReport
@@ -29,32 +32,19 @@ from vitedit_ops.scoped import load_patch
 from . import artifacts, signing, versions
 from .client import Connection, connect, first_line, translate_errors
 from .errors import PromotionRefusedError, RegistryError
+from .identity import declared_user, identify, require_manage
 from .versions import CHALLENGER, CHAMPION, VersionInfo
 
 REGISTER_BASE, PROMOTE, ROLLBACK = "register-base", "promote", "rollback"
 ONNX_FILE = "artifacts/model.onnx"  # in the version's (pyfunc) logged model
 LEGACY_ONNX_FILE = "model.onnx"  # in the ONNX-flavor logged model of older versions
-
-
-@dataclass(frozen=True)
-class AliasEvent:
-    """One move of an alias onto a version."""
-
-    seq: int
-    alias: str
-    action: str
-    version: str
-    previous: str
-    by: str
-    at: str
-    forced: bool = False
-    reason: str = ""
-    overridden: str = ""  # what --force overrode (gate verdict, hash mismatches)
+MIRRORED = ("action", "by", "at", "previous", "forced", "reason", "overridden",
+            "authenticated")
 
 
 def current_user() -> str:
-    """``VITEDIT_USER`` (set by automation) or the login name."""
-    return os.environ.get("VITEDIT_USER") or getpass.getuser()
+    """The name recorded where no server authenticates: ``VITEDIT_USER`` or the login."""
+    return declared_user()
 
 
 def _event_prefix(alias: str) -> str:
@@ -66,40 +56,86 @@ def events(client: MlflowClient, name: str, alias: str = CHAMPION) -> list[Alias
     with translate_errors(f"read registered model {name}"):
         tags = client.get_registered_model(name).tags
     prefix = _event_prefix(alias)
-    out = [AliasEvent(seq=int(key.removeprefix(prefix)), alias=alias, **json.loads(value))
-           for key, value in tags.items() if key.startswith(prefix)]
+    out = [_mirrored_event(int(key.removeprefix(prefix)), alias, value)
+           for key, value in tags.items()
+           if key.startswith(prefix) and key.removeprefix(prefix).isdigit()]
     return sorted(out, key=lambda e: e.seq)
 
 
-def move_alias(client: MlflowClient, name: str, alias: str, version: str, action: str, *,
+def _mirrored_event(seq: int, alias: str, value: str) -> AliasEvent:
+    """One mirror tag as an event; anyone may have written it, so what does not parse is
+    shown as such (and disagrees with the audit) instead of failing the timeline."""
+    known = set(AliasEvent.__dataclass_fields__) - {"seq", "alias"}
+    try:
+        body = json.loads(value)
+        return AliasEvent(seq=seq, alias=alias, **{k: v for k, v in body.items() if k in known})
+    except (ValueError, TypeError, AttributeError):
+        return AliasEvent(seq=seq, alias=alias, action="unreadable", version="", previous="",
+                          by="", at="", reason=value[:200])
+
+
+def move_alias(conn: Connection, name: str, alias: str, version: str, action: str, *,
                forced: bool = False, reason: str = "", overridden: str = "",
-               user: str | None = None) -> AliasEvent:
-    """Point ``alias`` at ``version`` and record the move (version tags + timeline event)."""
+               user: str | None = None, audit: AuditTrail | None = None) -> AliasEvent:
+    """Point ``alias`` at ``version`` and record the move: in ``audit`` (committed only if
+    the move completes) and in the MLflow mirror (version tags + timeline event).
+
+    The mover is the authenticated user, who needs MANAGE on ``name`` (``PermissionRefused``
+    otherwise); ``user`` names the mover only where the server authenticates no one.
+    """
+    client = conn.client
+    who = identify(conn, user)
+    require_manage(conn, name, who, f"move the {alias} alias of")
     previous = versions.by_alias(client, name, alias)
-    timeline = events(client, name, alias)
-    event = AliasEvent(seq=(timeline[-1].seq + 1) if timeline else 1, alias=alias,
-                       action=action, version=version,
-                       previous=previous.version if previous else "", by=user or current_user(),
-                       at=datetime.now(UTC).isoformat(timespec="seconds"), forced=forced,
-                       reason=reason, overridden=overridden)
+    last = [t[-1].seq for t in (events(client, name, alias),
+                                audit.events(name, alias) if audit is not None else []) if t]
+    event = AliasEvent(seq=max(last, default=0) + 1, alias=alias, action=action,
+                       version=version, previous=previous.version if previous else "",
+                       by=who.name, at=datetime.now(UTC).isoformat(timespec="seconds"),
+                       forced=forced, reason=reason, overridden=overridden,
+                       authenticated=who.authenticated)
+    with audit.recording(name, event) if audit is not None else nullcontext():
+        _move_and_mirror(client, name, event, previous)
+    return event
+
+
+def _move_and_mirror(client: MlflowClient, name: str, event: AliasEvent,
+                     previous: VersionInfo | None) -> None:
+    """Move the alias and write the mirror; if the mirror fails, the alias goes back where it
+    was (best effort), so no move stands that the audit does not record."""
+    alias, version = event.alias, event.version
     with translate_errors(f"move {name}@{alias} to v{version}"):
         # the version's tags and the signed move first, the alias last: whoever sees the alias
         # on the version (serving, a webhook) sees it complete and vouched for
-        for field in ("action", "by", "at", "previous", "forced", "reason", "overridden"):
-            client.set_model_version_tag(name, version, versions.alias_tag(alias, field),
-                                         str(getattr(event, field)).lower()
-                                         if field == "forced" else str(getattr(event, field)))
-        signing.sign_grant(client, name, signing.Grant(alias, version, event.seq, action,
-                                                       event.by, event.at))
+        for key in MIRRORED:
+            value = getattr(event, key)
+            client.set_model_version_tag(name, version, versions.alias_tag(alias, key),
+                                         str(value).lower() if isinstance(value, bool)
+                                         else str(value))
+        signing.sign_grant(client, name, signing.Grant(alias, version, event.seq,
+                                                       event.action, event.by, event.at))
         client.set_registered_model_alias(name, alias, version)
-        body = {k: v for k, v in asdict(event).items() if k not in ("seq", "alias")}
-        client.set_registered_model_tag(name, f"{_event_prefix(alias)}{event.seq:06d}",
-                                        json.dumps(body, sort_keys=True))
+        try:
+            body = {k: v for k, v in asdict(event).items() if k not in ("seq", "alias")}
+            client.set_registered_model_tag(name, f"{_event_prefix(alias)}{event.seq:06d}",
+                                            json.dumps(body, sort_keys=True))
+        except Exception:
+            _restore(client, name, alias, previous)
+            raise
         if alias == CHAMPION:
             challenger = versions.by_alias(client, name, CHALLENGER)
             if challenger is not None and challenger.version == version:
                 client.delete_registered_model_alias(name, CHALLENGER)
-    return event
+
+
+def _restore(client: MlflowClient, name: str, alias: str, previous: VersionInfo | None) -> None:
+    try:
+        if previous is None:
+            client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, previous.version)
+    except Exception:  # noqa: BLE001 - the store is gone: the original error says so
+        pass
 
 
 def verify(client: MlflowClient, info: VersionInfo, onnx_dir: Path | None = None,
@@ -190,12 +226,15 @@ def _onnx_sha256(client: MlflowClient, info: VersionInfo, dst: Path) -> str:
 
 
 def promote(run_id: str, alias: str = CHAMPION, *, force: bool = False, reason: str = "",
-            user: str | None = None, tracking_uri: str | None = None) -> AliasEvent | None:
-    """Move ``alias`` to the version registered from ``run_id`` after verifying it.
+            user: str | None = None, tracking_uri: str | None = None,
+            audit: AuditTrail | None = None) -> AliasEvent | None:
+    """Move ``alias`` to the version registered from ``run_id`` after verifying it, recording
+    the move in ``audit`` (and the MLflow mirror).
 
     Raises ``RegistryError`` for bad input (unknown run, no usable version, ``force`` without
-    a reason) and ``PromotionRefusedError`` when verification fails and ``force`` is off.
-    Returns None when the version already holds the alias.
+    a reason), ``PromotionRefusedError`` when verification fails and ``force`` is off and
+    ``PermissionRefusedError`` when the authenticated user lacks MANAGE. Returns None when the
+    version already holds the alias.
     """
     if force and not reason.strip():
         raise RegistryError("--force needs --reason: say why the gate is overridden")
@@ -213,8 +252,9 @@ def promote(run_id: str, alias: str = CHAMPION, *, force: bool = False, reason: 
     if current is not None and current.version == info.version and not _needs_grant(
             client, current, alias):
         return None
-    return move_alias(client, info.name, alias, info.version, PROMOTE, forced=bool(problems),
-                      reason=reason.strip(), overridden="; ".join(problems), user=user)
+    return move_alias(conn, info.name, alias, info.version, PROMOTE, forced=bool(problems),
+                      reason=reason.strip(), overridden="; ".join(problems), user=user,
+                      audit=audit)
 
 
 def _needs_grant(client: MlflowClient, current: VersionInfo, alias: str) -> bool:
@@ -251,14 +291,16 @@ def champion_stack(timeline: list[AliasEvent]) -> list[str]:
 
 
 def rollback(name: str, alias: str = CHAMPION, *, reason: str = "", user: str | None = None,
-             tracking_uri: str | None = None) -> AliasEvent:
-    """Move ``alias`` back to the version that held it before the current one."""
+             tracking_uri: str | None = None, audit: AuditTrail | None = None) -> AliasEvent:
+    """Move ``alias`` back to the version that held it before the current one (the timeline
+    replayed from ``audit`` when given, else from the MLflow mirror)."""
     conn = connect(tracking_uri)
     client = conn.client
     current = versions.by_alias(client, versions.check_safe(name, "model name"), alias)
     if current is None:
         raise RegistryError(f"{name} has no {alias} to roll back")
-    stack = champion_stack(events(client, name, alias))
+    timeline = audit.events(name, alias) if audit is not None else events(client, name, alias)
+    stack = champion_stack(timeline)
     if not stack or stack[-1] != current.version:
         raise RegistryError(
             f"{name}@{alias} is v{current.version} but the recorded timeline ends at "
@@ -269,12 +311,27 @@ def rollback(name: str, alias: str = CHAMPION, *, reason: str = "", user: str | 
     if not target.ready:
         raise RegistryError(f"previous {alias} v{target.version} is not usable "
                             f"(status {target.tags.get(versions.STATUS)})")
-    return move_alias(client, name, alias, target.version, ROLLBACK, reason=reason.strip(),
-                      user=user)
+    return move_alias(conn, name, alias, target.version, ROLLBACK, reason=reason.strip(),
+                      user=user, audit=audit)
 
 
-def history(name: str, alias: str = CHAMPION,
-            tracking_uri: str | None = None) -> list[AliasEvent]:
-    """Every recorded move of ``alias`` for ``name``, oldest first."""
+@dataclass(frozen=True)
+class Timeline:
+    """An alias's moves, oldest first, from the audit when there is one (else the MLflow
+    mirror), and where the mirror disagrees with the audit."""
+
+    events: list[AliasEvent]
+    audited: bool
+    disagreements: list[str] = field(default_factory=list)
+
+
+def history(name: str, alias: str = CHAMPION, tracking_uri: str | None = None,
+            audit: AuditTrail | None = None) -> Timeline:
+    """Every recorded move of ``alias`` for ``name``: the audit's, checked against the
+    mirror, or the mirror alone without an audit."""
     conn = connect(tracking_uri)
-    return events(conn.client, versions.check_safe(name, "model name"), alias)
+    mirror = events(conn.client, versions.check_safe(name, "model name"), alias)
+    if audit is None:
+        return Timeline(mirror, audited=False)
+    recorded = audit.events(name, alias)
+    return Timeline(recorded, audited=True, disagreements=disagreements(recorded, mirror))

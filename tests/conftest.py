@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers.servers import Server, free_port, new_mlflow_server, new_prefect_server
+from .helpers.servers import (Server, free_port, new_mlflow_auth_server, new_mlflow_server,
+                              new_prefect_server)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -64,7 +65,8 @@ def trained_reference(tmp_path_factory: pytest.TempPathFactory):
     return reference, directory, MaskHypernet.load(hypernet_path(reference.card, directory))
 
 
-SERVERS = {"mlflow": new_mlflow_server, "prefect": new_prefect_server}
+SERVERS = {"mlflow": new_mlflow_server, "mlflow-auth": new_mlflow_auth_server,
+           "prefect": new_prefect_server}
 _servers: dict[str, Server] = {}
 
 
@@ -96,6 +98,14 @@ def _server(name: str) -> Server:
 def mlflow_server_process() -> Server:
     """A real ``mlflow server`` on loopback (one worker), its SQLite store in ``.root``."""
     return _server("mlflow")
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server() -> str:
+    """A real ``mlflow server --app-name basic-auth`` on loopback; its admin is
+    ``helpers.servers.AUTH_ADMIN``. Returns its URL."""
+    assert "mlflow-auth" in _servers, 'mark the test @pytest.mark.server("mlflow-auth")'
+    return _servers["mlflow-auth"].ready(600).url  # the auth app's start is slow under load
 
 
 @pytest.fixture(scope="session")

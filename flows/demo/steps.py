@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from monitoring import MonitoringStore, open_store
+from monitoring.audit import StoreAuditTrail
 from registry.base import register_base
 from registry.lineage_assets import register_hypernet
 from registry.promotion import promote
@@ -91,13 +92,14 @@ class Demo:
         self.console.print(f"suite {suite.content_hash[:12]}: {len(suite.pixels)} clean images, "
                            f"{len(suite.sensitive)} sensitive ({suite.sensitive_rule})",
                            highlight=False)
-        registration = register_base(self.reference_dir / ref.card.weights, suite_dir,
-                                     name=self.name, tracking_uri=self.tracking_uri)
-        register_hypernet(self.name, registration.version,
-                          hypernet_path(ref.card, self.reference_dir), ref.data.preserved.pixels,
-                          self.tracking_uri)
         store = open_store()
         try:
+            registration = register_base(self.reference_dir / ref.card.weights, suite_dir,
+                                         name=self.name, tracking_uri=self.tracking_uri,
+                                         audit=StoreAuditTrail(store))
+            register_hypernet(self.name, registration.version,
+                              hypernet_path(ref.card, self.reference_dir),
+                              ref.data.preserved.pixels, self.tracking_uri)
             store.register_model(self.name, ref.spec.num_classes, ref.spec.class_names)
         finally:
             store.close()
@@ -159,9 +161,10 @@ class Demo:
             self.console.print("no challenger passed the gate: the champion stays; night 2 "
                                "edits it again")
             return
-        event = promote(night.run_id, user="demo-reviewer",
-                        reason="reviewed the gate report and plots in the demo",
-                        tracking_uri=self.tracking_uri)
+        with open_store() as store:
+            event = promote(night.run_id, user="demo-reviewer",
+                            reason="reviewed the gate report and plots in the demo",
+                            tracking_uri=self.tracking_uri, audit=StoreAuditTrail(store))
         moved = f"v{event.previous} -> v{event.version}" if event else f"v{night.version}"
         self.console.print(f"promoted: {self.name}@champion {moved} (the registry re-verified "
                            "the patches, weights and ONNX hashes first)", highlight=False)

@@ -176,6 +176,13 @@ class Night:
         finally:
             store.close()
 
+    def ledger_states(self) -> dict[str, dict[str, int]]:
+        """Ledger rows of this model per version and state."""
+        from monitoring import open_store
+
+        with open_store() as store:
+            return store.ledger_states(self.name)
+
     def ledger(self) -> list[tuple[str, str, str]]:
         import sqlalchemy as sa
 
@@ -227,6 +234,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("crash_orphaned_flow_runs", "fail_orphaned_runs", "collect_errors",
                  "pin_champion", "find_registered", "register", "record_ledger",
+                 "reconcile_ledger",
                  "promote_challenger"):
         monkeypatch.setattr(nightly, name,
                             getattr(nightly, name).with_options(retry_delay_seconds=0))

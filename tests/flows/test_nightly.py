@@ -128,6 +128,53 @@ def test_the_second_night_stacks_on_the_promoted_champion_and_rechecks_the_first
     assert len(n.ledger()) == first.ledger_rows + second.ledger_rows
 
 
+@pytest.mark.slow
+def test_a_superseded_challengers_fixes_come_back_and_a_promoted_ones_are_committed(
+        night, tracking_uri):
+    """Night 1's challenger v2 is never promoted; night 2 edits champion v1 again and its v3
+    replaces v2 as challenger. v2's fixes are in neither model: its ledger rows are released
+    (the artifact says so) and its images are collected again. v3, promoted by a reviewer,
+    has its rows committed at the start of the next night."""
+    from monitoring import Collector, open_image_store, open_store
+    from monitoring.audit import StoreAuditTrail
+    from registry.promotion import promote
+
+    n = night()
+    first = n.run()
+    assert first.gate_passed and first.aliases == (versions.CHALLENGER,)
+    assert n.ledger_states() == {"2": {"pending": first.ledger_rows}}
+    fixed_first = {pid for _, version, pid in n.ledger() if version == "2"}
+
+    n.serve(range(200, 400), day=1)
+    second = n.run()
+    assert second.champion_version == "1"  # v2 was not promoted
+    assert second.collected["already_used"] == len(fixed_first)  # pending: kept out tonight
+    assert second.gate_passed and second.version == "3"
+    assert second.aliases == (versions.CHALLENGER,)
+    assert second.superseded == (("2", "3", first.ledger_rows),)
+    assert n.ledger_states() == {"2": {"released": first.ledger_rows},
+                                 "3": {"pending": second.ledger_rows}}
+    gate = _artifact(second.flow_run_id, GATE_ARTIFACT)
+    assert (f"challenger v2 was superseded by v3 without being promoted: its "
+            f"{first.ledger_rows} fixed prediction(s) are released") in gate
+
+    with open_store() as store:  # what the next night will collect: v2's fixes again
+        collection = Collector(store, open_image_store()).collect(
+            datetime.now(UTC) - timedelta(days=7), n.name)
+        again = set(collection.prediction_ids())
+        assert fixed_first <= again
+        assert not again & {pid for _, version, pid in n.ledger() if version == "3"}
+        promote(second.run_id, user="reviewer", tracking_uri=tracking_uri,
+                audit=StoreAuditTrail(store))
+
+    third = n.run()  # no new traffic: only the settling at its start matters here
+    assert third.champion_version == "3"
+    assert third.ledger_committed["3"] == second.ledger_rows
+    assert n.ledger_states()["3"] == {"committed": second.ledger_rows}
+    assert "2" not in third.ledger_committed  # superseded, never served
+    assert third.collected["already_used"] == second.ledger_rows
+
+
 def test_an_empty_night_does_nothing(night):
     n = night(serve=False)
     result = n.run()

@@ -106,6 +106,27 @@ def new_mlflow_server(root: Path, port: int) -> Server:
                    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "1"})
 
 
+AUTH_ADMIN, AUTH_ADMIN_PASSWORD = "admin", "admin-password-for-tests"
+
+
+def new_mlflow_auth_server(root: Path, port: int) -> Server:
+    """``mlflow server --app-name basic-auth``: MLflow's built-in authentication, its user
+    store beside the tracking store under ``root``; admin ``AUTH_ADMIN`` is created on the
+    first start, everyone else gets READ until granted more."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+                      f"admin_username = {AUTH_ADMIN}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    server = new_mlflow_server(root, port)
+    server.argv += ["--app-name", "basic-auth"]
+    server.env.update({"MLFLOW_AUTH_CONFIG_PATH": str(config),
+                       "MLFLOW_AUTH_ADMIN_PASSWORD": AUTH_ADMIN_PASSWORD,
+                       "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests"})
+    return server
+
+
 def new_prefect_server(home: Path, port: int) -> Server:
     """``prefect server start`` on loopback with its own PREFECT_HOME."""
     return Server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",

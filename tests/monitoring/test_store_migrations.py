@@ -30,7 +30,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_open_migrates_to_head_and_the_schema_matches_the_models(empty_url: str) -> None:
     with open_store(empty_url) as store, store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0005"
         assert compare_metadata(context, metadata) == []
         indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("predictions")}
         assert {"ix_predictions_model_name_ts", "ix_predictions_image_sha256_id",
@@ -49,7 +49,7 @@ def test_concurrent_first_opens_migrate_once(empty_url: str) -> None:
     engine = sa.create_engine(normalise_url(empty_url))
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-            ("0003",)]
+            ("0005",)]
     engine.dispose()
 
 
@@ -112,5 +112,5 @@ def test_a_store_at_an_older_revision_is_upgraded_on_open(empty_url: str) -> Non
                 "a" * 64)
         with store.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            assert context.get_current_revision() == "0003"
+            assert context.get_current_revision() == "0005"
             assert compare_metadata(context, metadata) == []

@@ -131,9 +131,9 @@ def register_base_as(base_checkpoint, suite, base_onnx) -> Callable[..., object]
     """Register the test base under a name (v1, champion)."""
     from registry.base import register_base
 
-    def make(name: str, uri: str):
+    def make(name: str, uri: str, audit=None):
         return register_base(base_checkpoint, suite[0], name=name, onnx=base_onnx,
-                             tracking_uri=uri)
+                             tracking_uri=uri, audit=audit)
     return make
 
 

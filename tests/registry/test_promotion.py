@@ -1,5 +1,6 @@
 """promote / rollback / history through the CLI on the embedded store."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -31,9 +32,22 @@ def _champion(client, name):
     return str(client.get_model_version_by_alias(name, "champion").version)
 
 
+def _audited(model_name):
+    """The promotion audit of the test's monitoring store (VITEDIT_HOME), as the CLI writes it."""
+    from monitoring import open_store
+    from monitoring.audit import StoreAuditTrail
+
+    with open_store() as store:
+        return StoreAuditTrail(store).events(model_name, "champion")
+
+
 def test_promote_rollback_history(as_reviewer, embedded_uri, register_base_as, good_edit,
                                   model_name, run_cli):
-    register_base_as(model_name, embedded_uri)
+    from monitoring import open_store
+    from monitoring.audit import StoreAuditTrail
+
+    with open_store() as store:
+        register_base_as(model_name, embedded_uri, audit=StoreAuditTrail(store))
     good = publish_edit(replace(good_edit.record, registered_model=model_name), embedded_uri)
     client = MlflowClient(embedded_uri)
 
@@ -63,14 +77,36 @@ def test_promote_rollback_history(as_reviewer, embedded_uri, register_base_as, g
 
     table = run_cli("history", "--model", model_name)
     assert table.exit_code == 0
-    for text in ("register-base", "promote", "rollback", "reviewer-ana", "drift on 7s"):
+    for text in ("register-base", "promote", "rollback", "reviewer-ana (unauthenticated)",
+                 "drift on 7s", "promotion audit"):
         assert text in table.stdout
-    assert [e.action for e in events(client, model_name)] == [
-        "register-base", "promote", "rollback"]
+    assert "disagrees" not in table.stderr and "moved outside" not in table.stderr
+    assert "v1 *" in table.stdout  # the current holder is marked
+    # the audit (store) and its MLflow mirror record the same three moves
+    audit = _audited(model_name)
+    assert audit == events(client, model_name)
+    assert [(e.action, e.version, e.by, e.authenticated) for e in audit] == [
+        ("register-base", "1", "reviewer-ana", False), ("promote", "2", "reviewer-ana", False),
+        ("rollback", "1", "reviewer-ana", False)]
+
+    # someone with EDIT on the model rewrites the mirror: history flags it, the audit holds
+    client.set_registered_model_tag(model_name, "vitedit.champion.event.000002", json.dumps(
+        {"action": "promote", "version": "2", "previous": "1", "by": "mallory",
+         "at": audit[1].at, "forced": False, "reason": "", "overridden": ""}))
+    client.set_registered_model_tag(model_name, "vitedit.champion.event.000009", "{not json")
+    flagged = run_cli("history", "--model", model_name)
+    assert flagged.exit_code == 0 and "reviewer-ana" in flagged.stdout
+    assert "mallory" not in flagged.stdout
+    assert ("MLflow mirror disagrees with the audit: #2: by is 'mallory' in the MLflow "
+            "mirror, 'reviewer-ana' in the audit") in flagged.stderr
+    assert "#9: in the MLflow mirror (unreadable v by ), not in the audit" in flagged.stderr
+    assert _audited(model_name) == audit
 
     client.set_registered_model_alias(model_name, "champion", "2")  # someone used the UI
     outside = run_cli("rollback", "--model", model_name)
     assert outside.exit_code == 2 and "moved outside vitedit-ops" in outside.stderr
+    shown = run_cli("history", "--model", model_name)
+    assert "moved outside vitedit-ops" in shown.stderr
 
 
 def test_forced_promotion_records_who_why_and_what_was_overridden(
