@@ -17,11 +17,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vitedit-ops demo
 
+# two workers (one per core); a module's tests stay on one worker, so module-scoped
+# fixtures (a benchmark run, a registered lineage) are built once
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadscope
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 bench: $(STAMP)
 	$(VENV)/bin/vitedit-ops bench --quick

@@ -39,6 +39,12 @@ if not (os.environ.get("VITEDIT_SIGNING_KEY") or os.environ.get("VITEDIT_SIGNING
     os.environ["VITEDIT_SIGNING_KEY_FILE"] = _session_signing_key()
 
 TEST_METATRAIN_ITERATIONS = 30
+# set by pytest-xdist in its workers (`make test` runs two); empty in a serial run
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if XDIST_WORKER:
+    # two workers on two cores: one compute thread each (torch reads this at import), and
+    # for the commands the tests start
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -55,13 +61,22 @@ def trained_reference(tmp_path_factory: pytest.TempPathFactory):
     Shared read-only: copy the directory before changing anything in it.
     """
     from vitedit_ops.hypernet import MaskHypernet
-    from vitedit_ops.reference import TrainConfig, build_reference, hypernet_path
+    from vitedit_ops.reference import (TrainConfig, build_reference, hypernet_path,
+                                       load_reference)
     from vitedit_ops.reference.hypernet import REFERENCE_METATRAIN, hypernet_builder
 
-    directory = Path(tmp_path_factory.mktemp("real-reference"))
     config = replace(REFERENCE_METATRAIN, iterations=TEST_METATRAIN_ITERATIONS)
-    reference = build_reference(TrainConfig(seed=0), reference_dir=directory, device="cpu",
-                                progress=False, hypernet_builder=hypernet_builder(config))
+    builder = hypernet_builder(config)
+    if XDIST_WORKER:
+        # one build per run, shared by the workers: the first builds under the cache's file
+        # lock, the others wait for it and load the finished build
+        directory = tmp_path_factory.getbasetemp().parent / "real-reference"
+        reference = load_reference(config=TrainConfig(seed=0), reference_dir=directory,
+                                   device="cpu", hypernet_builder=builder)
+    else:
+        directory = Path(tmp_path_factory.mktemp("real-reference"))
+        reference = build_reference(TrainConfig(seed=0), reference_dir=directory, device="cpu",
+                                    progress=False, hypernet_builder=builder)
     return reference, directory, MaskHypernet.load(hypernet_path(reference.card, directory))
 
 
@@ -74,6 +89,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the servers the selected tests ask for (``@pytest.mark.server("mlflow")``) as
     soon as they are known: their ~15-25 s start-ups then overlap with the tests that run
     first. One of each for the whole session; tests use their own model names in them."""
+    if XDIST_WORKER:
+        return  # a worker runs a share of the tests: it starts a server when one asks for it
     wanted = {name for item in session.items for marker in item.iter_markers("server")
               for name in marker.args}
     for name in sorted(wanted):
@@ -90,6 +107,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _server(name: str) -> Server:
+    if XDIST_WORKER and name not in _servers:
+        root = Path(tempfile.mkdtemp(prefix=f"vitedit-test-{name}-"))
+        _servers[name] = SERVERS[name](root, free_port()).launch()
     assert name in _servers, f'mark the test @pytest.mark.server("{name}")'
     return _servers[name].ready()
 

@@ -128,16 +128,16 @@ def test_a_file_with_no_usable_record_exits_2_with_one_line(
     url = ["--store-url", f"sqlite:///{tmp_path / 's.db'}"]
     store = [*url, "--image-store-url", str(tmp_path / "cas")]
     subprocess.run([*CLI, "ingest", "model", "vit", "--num-classes", "10", *url], check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=600)
     bad = write_jsonl("bad.jsonl", ["{oops", prediction(1, ts="0001-01-01T00:00:00Z"),
                                     '{"id": ' + "[" * 100_000 + "]" * 100_000 + "}"])
     done = subprocess.run([*CLI, "ingest", "predictions", str(bad), *store],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "no record could be stored" in lines[0] and "quarantined 3" in lines[0]
 
     mixed = write_jsonl("mixed.jsonl", ["{oops", prediction(2)])
     done = subprocess.run([*CLI, "ingest", "predictions", str(mixed), *store],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "accepted 1" in done.stdout, done.stderr

@@ -77,7 +77,7 @@ def test_the_installed_command_exits_2_on_bad_input(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", "from vitedit_ops.cli import main; main()", "ingest",
          "predictions", str(tmp_path / "missing.jsonl")], capture_output=True, text=True,
-        timeout=120)
+        timeout=600)
     assert done.returncode == 2 and "no such file" in done.stderr
 
 

@@ -141,7 +141,7 @@ for i in range(250):
                image=buffer.getvalue())
 # no flush, no close: the atexit hook must write them
 """
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600)
     with open_store(sqlite_url) as store:
         assert store.counts()["predictions"] == 250
 

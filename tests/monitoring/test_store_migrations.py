@@ -44,7 +44,7 @@ def test_concurrent_first_opens_migrate_once(empty_url: str) -> None:
               "open_store(sys.argv[1]).register_model('vit', 10)")
     procs = [subprocess.Popen([sys.executable, "-c", script, empty_url],
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     engine = sa.create_engine(normalise_url(empty_url))
     with engine.connect() as conn:
@@ -78,7 +78,7 @@ def test_an_installed_wheel_carries_and_runs_its_migrations(tmp_path: Path) -> N
         f"assert s.__file__.startswith({str(site)!r}), s.__file__; "
         f"st = s.open_store('sqlite:///{tmp_path / 'w.db'}'); print(st.counts())")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={"PYTHONPATH": str(site),
+                          text=True, timeout=600, env={"PYTHONPATH": str(site),
                                                        "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "'predictions': 0" in done.stdout

@@ -72,7 +72,7 @@ def test_unreachable_server_gives_one_line_and_the_infrastructure_exit_code(dead
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "vitedit-ops"), "promote", "--run-id", "a" * 32],
-        env=env, capture_output=True, text=True, timeout=120)
+        env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == EXIT_INFRASTRUCTURE
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unreachable after 3 attempts" in lines[0], result.stderr
