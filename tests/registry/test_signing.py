@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from registry import signing, versions
 from registry.errors import PromotionRefusedError
 from registry.mlflow_registry import publish_edit
-from registry.promotion import events, promote, verify
+from registry.promotion import ONNX_FILE, events, promote, verify
 from registry.versions import CHAMPION
 from vitedit_ops.export import file_sha256
 
@@ -40,7 +40,7 @@ def _champion(client, name):
 
 def _onnx_file(client: MlflowClient, name: str, version: str) -> Path:
     location = client.get_logged_model(versions.get(client, name, version).model_id)
-    return Path(unquote(urlparse(location.artifact_location).path)) / "model.onnx"
+    return Path(unquote(urlparse(location.artifact_location).path)) / ONNX_FILE
 
 
 def _key_file(tmp_path: Path, name: str) -> Path:

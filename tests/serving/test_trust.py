@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from registry import versions
 from registry.errors import PromotionRefusedError
-from registry.promotion import promote
+from registry.promotion import ONNX_FILE, promote
 from registry.versions import CHAMPION
 from serving.webhook import EVENTS
 from vitedit_ops.export import file_sha256
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.server("mlflow"), pytest.mark.slow]
 
 def _onnx_file(client: MlflowClient, name: str, version: str) -> Path:
     location = client.get_logged_model(versions.get(client, name, version).model_id)
-    return Path(unquote(urlparse(location.artifact_location).path)) / "model.onnx"
+    return Path(unquote(urlparse(location.artifact_location).path)) / ONNX_FILE
 
 
 def _refusals(server) -> float:
