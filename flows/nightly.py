@@ -38,7 +38,7 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from monitoring import Collector, open_image_store, open_store
+from monitoring import Collector, StoreUnavailableError, open_image_store, open_store
 from monitoring.audit import StoreAuditTrail
 from monitoring.collector import Collection
 from monitoring.images import ImageIntegrityError
@@ -284,9 +284,9 @@ def reconcile_ledger(model: str, tracking_uri: str) -> tuple[LedgerSettlement, s
     champion (the audit's timeline, MLflow's, the champion's ancestors) are committed; a
     challenger replaced unpromoted releases its own. Returns what changed and the current
     challenger."""
-    now = standing(model, tracking_uri)
-    store = open_store()
+    store = open_store()  # first: an unreachable store fails the night here, in one line
     try:
+        now = standing(model, tracking_uri)
         audited = {e.version for e in StoreAuditTrail(store).events(model, CHAMPION)}
         under_review = [now.challenger] if now.challenger else []
         return store.settle_edit_usage(model, committed=now.served | audited,
@@ -443,9 +443,12 @@ def _end_orphans(plan: NightPlan) -> None:
 def _settle_ledger(plan: NightPlan, result: NightlyResult) -> NightlyResult:
     """Reconcile the ledger with the registry and say what changed; best effort: without the
     registry the ledger stays as it is (pending rows keep their images out of the
-    collection: they come back, late, never twice), worth a warning, not a failed night."""
+    collection: they come back, late, never twice), worth a warning, not a failed night.
+    Without the store the night cannot collect anything: that fails it, in one line."""
     try:
         settled, challenger = reconcile_ledger(plan.model, plan.tracking_uri)
+    except StoreUnavailableError:
+        raise
     except Exception as exc:  # noqa: BLE001 - see the docstring
         get_run_logger().warning("edit ledger not reconciled: %s", first_line(exc))
         return result

@@ -13,6 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "open_store": "store", "MonitoringStore": "store", "QuarantinedRecord": "store",
+    "StoreUnavailableError": "store",
     "ImageStore": "images", "open_image_store": "images", "ImageIntegrityError": "images",
     "Ingestor": "ingest", "ingest_file": "ingest", "read_records": "ingest",
     "IngestReport": "records", "RawRecord": "records",

@@ -144,13 +144,17 @@ def storable(text: str | None) -> str | None:
 
 
 @contextmanager
+class StoreUnavailableError(InfrastructureError):
+    """The store's database did not answer, or failed on its side (exit 4)."""
+
+
 def _failures_as_infrastructure(engine: Engine) -> Iterator[None]:
     """A server, connection, lock or disk failure of the database as one
     ``InfrastructureError`` line (password hidden): the caller retries later or exits 4."""
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
-        raise InfrastructureError(
+        raise StoreUnavailableError(
             f"monitoring store {engine.url.render_as_string(hide_password=True)} failed: "
             f"{_first_line(exc)}") from exc
 
@@ -593,8 +597,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         try:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InfrastructureError(f"monitoring store {url.database} cannot be created: "
-                                      f"{exc}") from exc
+            raise StoreUnavailableError(f"monitoring store {url.database} cannot be created: "
+                                        f"{exc}") from exc
     timeout = float(url.query.get("timeout", DEFAULT_SQLITE_TIMEOUT))
     engine = sa.create_engine(url.difference_update_query(["timeout"]),
                               connect_args={"timeout": timeout})

@@ -279,8 +279,10 @@ def _version_of_run(conn: Connection, run_id: str) -> VersionInfo:
 
 
 def champion_stack(timeline: list[AliasEvent]) -> list[str]:
-    """Replay the timeline: promotions push a version, rollbacks pop one."""
-    stack: list[str] = []
+    """Replay the timeline: promotions push a version, rollbacks pop one. A timeline that
+    starts after the first champion (an audit added to a running registry) starts from what
+    its first move replaced."""
+    stack: list[str] = [timeline[0].previous] if timeline and timeline[0].previous else []
     for event in timeline:
         if event.action == ROLLBACK:
             if stack:

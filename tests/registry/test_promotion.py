@@ -171,3 +171,10 @@ def test_rollback_follows_the_stack_not_the_last_previous():
     timeline = [event(1, "register-base", "1"), event(2, "promote", "2"),
                 event(3, "promote", "3"), event(4, "rollback", "2")]
     assert champion_stack(timeline) == ["1", "2"]  # next rollback goes to v1, not back to v3
+
+
+def test_a_timeline_recorded_after_the_first_champion_rolls_back_to_what_it_replaced():
+    """An audit added to a running registry (migration 0005) never saw the base's move."""
+    timeline = [AliasEvent(1, "champion", "promote", "2", "1", "u", "t")]
+    assert champion_stack(timeline) == ["1", "2"]
+    assert champion_stack([]) == []

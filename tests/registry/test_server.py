@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from monitoring import open_store
+from monitoring.audit import StoreAuditTrail
 from registry.client import connect
 from registry.errors import RegistryError, RegistryUnavailableError
 from registry.loading import load_version
@@ -30,7 +32,8 @@ def test_full_cycle_through_a_real_server(mlflow_server, register_base_as, suite
     monkeypatch.setenv("VITEDIT_MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("VITEDIT_USER", "ci")
     name = "served"
-    base = register_base_as(name, mlflow_server)
+    with open_store() as store:  # the store the commands below record their moves in
+        base = register_base_as(name, mlflow_server, audit=StoreAuditTrail(store))
     assert (base.version, base.aliases) == ("1", ("champion",))
 
     # a fault midway through the upload leaves nothing on the server
