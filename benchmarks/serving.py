@@ -39,6 +39,7 @@ from monitoring.images import ImageStore
 from monitoring.ingest import ingest_file
 from monitoring.logger import PredictionLogger
 from monitoring.store import open_store
+from vitedit_ops.settings import embedded_home
 
 from .monitoring import _png, _throwaway_pg_database, _write_inputs
 
@@ -166,25 +167,6 @@ def _nothing() -> Iterator[None]:
 
 
 # -- the served model ---------------------------------------------------------------------
-@contextmanager
-def _home(path: Path) -> Iterator[None]:
-    """VITEDIT_HOME (and nothing else of the embedded stores) pointed at ``path``."""
-    names = ("VITEDIT_HOME", "VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
-             "VITEDIT_IMAGE_STORE_URL")
-    saved = {name: os.environ.get(name) for name in names}
-    for name in names[1:]:
-        os.environ.pop(name, None)
-    os.environ["VITEDIT_HOME"] = str(path)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _edited(base: Any, spec: Any, suite: Any, inputs: Any, seed: int, onnx_path: Path) -> Any:
     """A small random FFN patch on the last block, gated for real on the suite: a second
     verified version for the alias to move to (its quality is not what is measured)."""
@@ -441,7 +423,7 @@ def _bench_serving(root: Path, quick: bool) -> dict[str, Any]:
     images = [png_bytes(p) for p in pixels]
     inputs = Preprocessor(spec).normalize(pixels)
     home = root / "serve-home"
-    with _home(home):
+    with embedded_home(home):
         uri = get_settings().resolved_mlflow_uri()
         pool = data.locality
         suite = build_suite(home / "suite", model, spec, pool.pixels, pool.labels, pool.ids)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
-import torch
 from torch import nn
 
 from vitedit_ops.errors import PatchConflictError

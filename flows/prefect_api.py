@@ -25,6 +25,7 @@ from pathlib import Path
 import requests
 
 from vitedit_ops.errors import InfrastructureError
+from vitedit_ops.settings import environment
 
 STARTUP_TIMEOUT_SECONDS = 300.0
 ENV_TIMEOUT = "VITEDIT_PREFECT_STARTUP_TIMEOUT"
@@ -63,19 +64,11 @@ def prefect_api(startup_timeout: float | None = None) -> Iterator[str]:
             start_new_session=True)
     try:
         _wait_healthy(process, url, timeout, log_path)
-        saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL",)}
-        os.environ["PREFECT_API_URL"] = url
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        with environment({"PREFECT_API_URL": url}), \
+                temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
     finally:
         _drain()
         _stop(process)

@@ -112,15 +112,16 @@ def _move_and_mirror(client: MlflowClient, name: str, event: AliasEvent,
             client.set_model_version_tag(name, version, versions.alias_tag(alias, key),
                                          str(value).lower() if isinstance(value, bool)
                                          else str(value))
-        signing.sign_grant(client, name, signing.Grant(alias, version, event.seq,
-                                                       event.action, event.by, event.at))
-        client.set_registered_model_alias(name, alias, version)
+        grant = client.get_registered_model(name).tags.get(signing.grant_tag(alias))
         try:
+            signing.sign_grant(client, name, signing.Grant(alias, version, event.seq,
+                                                           event.action, event.by, event.at))
+            client.set_registered_model_alias(name, alias, version)
             body = {k: v for k, v in asdict(event).items() if k not in ("seq", "alias")}
             client.set_registered_model_tag(name, f"{_event_prefix(alias)}{event.seq:06d}",
                                             json.dumps(body, sort_keys=True))
         except Exception:
-            _restore(client, name, alias, previous)
+            _restore(client, name, alias, previous, grant)
             raise
         if alias == CHAMPION:
             challenger = versions.by_alias(client, name, CHALLENGER)
@@ -128,13 +129,24 @@ def _move_and_mirror(client: MlflowClient, name: str, event: AliasEvent,
                 client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def _restore(client: MlflowClient, name: str, alias: str, previous: VersionInfo | None) -> None:
+def _restore(client: MlflowClient, name: str, alias: str, previous: VersionInfo | None,
+             grant: str | None) -> None:
+    """Put the alias and its signed grant back as they were (best effort), so the previous
+    holder still verifies where serving checks it."""
+    tag = signing.grant_tag(alias)
+    try:
+        if grant is None:
+            client.delete_registered_model_tag(name, tag)
+        else:
+            client.set_registered_model_tag(name, tag, grant)
+    except Exception:  # noqa: BLE001 - the store is gone: the original error says so
+        pass
     try:
         if previous is None:
             client.delete_registered_model_alias(name, alias)
         else:
             client.set_registered_model_alias(name, alias, previous.version)
-    except Exception:  # noqa: BLE001 - the store is gone: the original error says so
+    except Exception:  # noqa: BLE001 - as above
         pass
 
 

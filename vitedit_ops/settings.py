@@ -7,6 +7,9 @@ Everything embedded by default lives under ``VITEDIT_HOME``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -88,3 +91,35 @@ def get_settings() -> Settings:
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     return settings
+
+
+# the stores that live under VITEDIT_HOME unless configured elsewhere
+EMBEDDED_STORE_VARIABLES = ("VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
+                            "VITEDIT_IMAGE_STORE_URL")
+
+
+@contextmanager
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (a string) or unset (None) environment variables for the duration, then put back
+    exactly what was there; settings are read at use, so this reconfigures vitedit-ops."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def embedded_home(path: Path, *also_unset: str) -> AbstractContextManager[None]:
+    """Every embedded store under ``path`` for the duration (VITEDIT_HOME), and none of the
+    ones configured elsewhere (nor ``also_unset``)."""
+    return environment({"VITEDIT_HOME": str(path),
+                        **dict.fromkeys((*EMBEDDED_STORE_VARIABLES, *also_unset))})

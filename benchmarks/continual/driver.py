@@ -34,12 +34,11 @@ from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import norm_growth, predict_logits
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference, hypernet_path
+from vitedit_ops.settings import embedded_home, environment
 
 from .scenario import World, as_served
 
 MODEL = "digits-vit"
-_ENV = ("VITEDIT_HOME", "VITEDIT_MLFLOW_TRACKING_URI", "VITEDIT_STORE_URL",
-        "VITEDIT_IMAGE_STORE_URL", "VITEDIT_REGISTERED_MODEL")
 
 
 @dataclass(frozen=True)
@@ -54,22 +53,13 @@ class Variant:
 
 @contextmanager
 def _home(path: Path) -> Iterator[None]:
-    """Point every store at ``path`` for the duration (settings are read at use)."""
-    saved = {k: os.environ.get(k) for k in _ENV}
-    for key in _ENV:
-        os.environ.pop(key, None)
-    os.environ["VITEDIT_HOME"] = str(path)
-    made_key = use_local_key(path)  # no key configured: one of its own, as the demo does
-    try:
+    """Point every store at ``path`` for the duration (settings are read at use), with a
+    signing key of its own when none is configured, as the demo does."""
+    key = "VITEDIT_SIGNING_KEY_FILE"
+    with embedded_home(path, "VITEDIT_REGISTERED_MODEL"), \
+            environment({key: os.environ.get(key)}):  # restored after use_local_key
+        use_local_key(path)
         yield
-    finally:
-        if made_key is not None:
-            os.environ.pop("VITEDIT_SIGNING_KEY_FILE", None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _register_lineage(reference: Reference, reference_dir: Path, home: Path) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitedit_ops.editors import create_editor
+from vitedit_ops.editors import create_editor, list_editors, needs_preserved
 from vitedit_ops.editors.grace import token_mean
 from vitedit_ops.editors.kn import site_attribution
 from vitedit_ops.editors.rome import fc2_inputs, rome_direction
@@ -63,12 +63,14 @@ def test_rome_clamps_the_value_norm_relative_to_the_keys_current_value(vit):
                                                                               labels)
 
 
-def test_rome_and_t_patcher_refuse_to_edit_without_a_preserved_pool(vit):
+def test_every_editor_that_needs_a_preserved_pool_refuses_to_edit_without_one(vit):
     images, labels = _images(2, 3), torch.tensor([0, 1])
-    with pytest.raises(InvalidInputError, match="covariance"):
-        create_editor("rome").edit(vit, images, labels)
-    with pytest.raises(InvalidInputError, match="preserved pool"):
-        create_editor("t_patcher").edit(vit, images, labels)
+    needing = [name for name in list_editors() if needs_preserved(name)]
+    assert {"rome", "t_patcher", "serac"} <= set(needing)
+    for name in needing:
+        for pool in (None, torch.empty(0, *images.shape[1:])):
+            with pytest.raises(InvalidInputError, match=f"{name} needs a preserved pool"):
+                create_editor(name, preserved=pool).edit(vit, images, labels)
 
 
 def test_kn_attributions_are_integrated_gradients(vit):

@@ -178,3 +178,32 @@ def test_a_timeline_recorded_after_the_first_champion_rolls_back_to_what_it_repl
     timeline = [AliasEvent(1, "champion", "promote", "2", "1", "u", "t")]
     assert champion_stack(timeline) == ["1", "2"]
     assert champion_stack([]) == []
+
+
+def test_a_move_that_fails_midway_puts_the_alias_and_its_signed_grant_back(
+        as_reviewer, embedded_uri, register_base_as, good_edit, model_name, run_cli,
+        monkeypatch):
+    """The timeline write fails after the grant was signed and the alias moved (a fault the
+    store cannot be made to cause on demand): v1 keeps the alias and still verifies."""
+    from registry import signing
+
+    register_base_as(model_name, embedded_uri)
+    good = publish_edit(replace(good_edit.record, registered_model=model_name), embedded_uri)
+    client = MlflowClient(embedded_uri)
+    before, _ = signing.read_grant(client, model_name, "champion")
+    assert before is not None and before.version == "1"
+
+    real = MlflowClient.set_registered_model_tag
+
+    def failing(self, name, key, value):
+        if ".event." in key:
+            raise OSError("disk full while writing the timeline")
+        return real(self, name, key, value)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(MlflowClient, "set_registered_model_tag", failing)
+        refused = run_cli("promote", "--run-id", good.run_id)
+    assert refused.exit_code != 0 and "disk full" in refused.stderr
+    assert _champion(client, model_name) == "1"
+    after, problem = signing.read_grant(client, model_name, "champion")
+    assert after == before, problem

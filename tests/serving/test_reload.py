@@ -13,7 +13,6 @@ from mlflow import MlflowClient
 
 from registry import versions
 from registry.promotion import ONNX_FILE, promote
-from registry.versions import CHAMPION
 
 from ..helpers.servers import wait_for
 from .conftest import photo, torch_probabilities, wait_stored

@@ -57,8 +57,9 @@ def takes_preserved(name: str) -> bool:
 
 
 def needs_preserved(name: str) -> bool:
-    """Whether editor ``name`` refuses to edit without a preserved pool (ROME, T-Patcher)."""
-    return EDITORS.get(name).needs_preserved
+    """Whether editor ``name`` refuses to edit without a preserved pool (ROME, T-Patcher,
+    SERAC)."""
+    return bool(EDITORS.get(name).needs_preserved)
 
 
 def _all_options() -> set[str]:

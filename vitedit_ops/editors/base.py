@@ -25,6 +25,7 @@ from ..forward import SplitForward
 from ..models import fingerprint
 from ..patch import Patch
 from ..registries import Registry
+from ..side import SidePatch, SideState
 from ..sites import EditWindow
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -86,11 +87,20 @@ class Editor:
     """Base class: subclasses build their deltas; the loop and bookkeeping are shared."""
 
     name = "editor"
-    needs_preserved = False  # True: refuses to edit without a preserved pool
+    needs_preserved = ""  # why it refuses to edit without a preserved pool ("": it does not)
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              ) -> EditResult:
         raise NotImplementedError
+
+    def checked_inputs(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``validate_edit_inputs``, and the preserved pool this editor cannot work without."""
+        pool = getattr(self, "preserved", None)
+        if self.needs_preserved and (pool is None or len(pool) == 0):
+            raise InvalidInputError(f"{self.name} needs a preserved pool "
+                                    f"({self.needs_preserved})")
+        return validate_edit_inputs(model, images, labels)
 
 
 EDITORS: Registry[type[Editor]] = Registry("editor")
@@ -131,6 +141,26 @@ def frozen(model: nn.Module) -> Iterator[None]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def side_edit_result(editor: Editor, before_state: SideState | None, after_state: SideState,
+                     base_fingerprint: str, *, where: dict[str, str], window: EditWindow,
+                     start: float, steps: int, history: list[float], labels: torch.Tensor,
+                     before: torch.Tensor, after: torch.Tensor, **settings: Any) -> EditResult:
+    """A side-module edit's patch and result (GRACE, T-Patcher, SERAC): ``where`` names the
+    modules it sits in (patch metadata and settings); ``settings`` adds the method's own after
+    the optimiser's and the window's."""
+    optim = editor.optim
+    patch = SidePatch(before_state, after_state, base_fingerprint,
+                      metadata={"method": editor.name, **where})
+    labels_cpu = labels.cpu()
+    return EditResult(
+        method=editor.name, patch=patch, success=bool((after == labels_cpu).all()),
+        steps=steps, seconds=time.perf_counter() - start, loss_history=history,
+        labels=labels_cpu, predictions_before=before, predictions_after=after,
+        settings={"lr": optim.lr, "optimizer": optim.optimizer, "max_steps": optim.max_steps,
+                  "ce_target": optim.ce_target, "window": [window.start, window.end], **where,
+                  **settings, "kept_fraction": 0.0})
 
 
 class SideTraining(nn.Module):

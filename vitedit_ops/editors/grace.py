@@ -34,11 +34,11 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..scope import prefix_tokens
-from ..side import (SideModule, SidePatch, SideState, plain_fingerprint, register_side_module,
-                    state_of, swapped_in)
+from ..side import (SideModule, SideState, plain_fingerprint, register_side_module, state_of,
+                    swapped_in)
 from ..sites import EditWindow, FFNSite, edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, SideTraining, frozen, optimize_window,
-                   register_editor, validate_edit_inputs)
+                   register_editor, side_edit_result, validate_edit_inputs)
 
 
 def token_mean(x: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -235,19 +235,11 @@ class GraceEditor(Editor):
                 torch.tensor(update.trained, dtype=torch.long, device=device))
             steps, history, after = optimize_window(model, EditWindow((site,)), [], images,
                                                     labels, self.optim, side=candidate)
-        patch = SidePatch(before_state, candidate.state(), base,
-                          metadata={"method": self.name, "layer": layer})
-        labels_cpu = labels.cpu()
-        return EditResult(
-            method=self.name, patch=patch, success=bool((after == labels_cpu).all()),
-            steps=steps, seconds=time.perf_counter() - start, loss_history=history,
-            labels=labels_cpu, predictions_before=before, predictions_after=after,
-            settings={"lr": self.optim.lr, "optimizer": self.optim.optimizer,
-                      "max_steps": self.optim.max_steps, "ce_target": self.optim.ce_target,
-                      "window": [window.start, window.end], "layer": layer,
-                      "epsilon": self.epsilon, "entries": len(update.keys),
-                      "added": update.added, "grown": update.grown, "split": update.split,
-                      "kept_fraction": 0.0})
+        return side_edit_result(
+            self, before_state, candidate.state(), base, where={"layer": layer}, window=window,
+            start=start, steps=steps, history=history, labels=labels, before=before,
+            after=after, epsilon=self.epsilon, entries=len(update.keys), added=update.added,
+            grown=update.grown, split=update.split)
 
 
 def pick_site(window: EditWindow, position: int) -> FFNSite:

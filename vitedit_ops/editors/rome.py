@@ -35,7 +35,7 @@ from ..errors import InvalidInputError
 from ..scope import prefix_tokens
 from ..sites import EditWindow, FFNSite, edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, frozen, register_editor,
-                   validate_edit_inputs, window_edit)
+                   window_edit)
 from .grace import pick_site, token_mean
 
 COVARIANCE_IMAGES = 256  # preserved images whose tokens estimate the key covariance
@@ -97,12 +97,10 @@ class RomeEditor(Editor):
     preserved: torch.Tensor | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
     name: str = "rome"
-    needs_preserved = True
+    needs_preserved = "its key covariance is estimated on it"
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
-        images, labels = validate_edit_inputs(model, images, labels)
-        if self.preserved is None or len(self.preserved) == 0:
-            raise InvalidInputError("ROME needs a preserved pool for its key covariance")
+        images, labels = self.checked_inputs(model, images, labels)
         if not self.ridge >= 0:
             raise InvalidInputError(f"ROME's ridge must be >= 0, got {self.ridge}")
         if not self.clamp_norm_factor > 0:

@@ -36,7 +36,7 @@ from ..side import (SideModule, SidePatch, SideState, plain_fingerprint, registe
                     state_of, swapped_in)
 from ..sites import edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, frozen, make_optimizer, register_editor,
-                   validate_edit_inputs)
+                   side_edit_result)
 
 RULES = ("nearest", "router")
 
@@ -162,7 +162,7 @@ class SeracEditor(Editor):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2, max_steps=200,
                                                                    ce_target=0.05))
     name: str = "serac"
-    needs_preserved = True
+    needs_preserved = "its scope is calibrated so those images stay outside"
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -171,10 +171,7 @@ class SeracEditor(Editor):
             raise InvalidInputError(f"SERAC's anchor weight must be >= 0, got {self.anchor}")
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
-        images, labels = validate_edit_inputs(model, images, labels)
-        if self.preserved is None or len(self.preserved) == 0:
-            raise InvalidInputError("SERAC needs a preserved pool (its scope is calibrated so "
-                                    "those images stay outside)")
+        images, labels = self.checked_inputs(model, images, labels)
         start = time.perf_counter()
         window = edit_window(model, *(self.window or (None, None)))
         block, head = window.sites[0].block_path, classifier_path(model)
@@ -216,22 +213,13 @@ class SeracEditor(Editor):
             entries = list(earlier_memory.entries) if earlier_memory is not None else []
             after_state = SideState.of(SeracMemory(block, head, entries + [entry]))
             after = predictions_with(model, after_state, images)
-        patch = SidePatch(earlier, after_state, base,
-                          metadata={"method": self.name, "block": block, "classifier": head})
-        labels_cpu = labels.cpu()
-        return EditResult(
-            method=self.name, patch=patch, success=bool((after == labels_cpu).all()),
-            steps=steps, seconds=time.perf_counter() - start, loss_history=history,
-            labels=labels_cpu, predictions_before=before, predictions_after=after,
-            settings={"lr": self.optim.lr, "optimizer": self.optim.optimizer,
-                      "max_steps": self.optim.max_steps, "ce_target": self.optim.ce_target,
-                      "window": [window.start, window.end], "block": block,
-                      "classifier": head, "anchor": self.anchor, "scoped": True,
-                      "covered": covered.tolist(), "outside_scope": int((~covered).sum()),
-                      "scope_rule": self.rule, "scope_threshold": fit.threshold,
-                      "scope_outside": len(outside),
-                      "scope_avoided": 0 if avoided is None else len(avoided),
-                      "entries": len(entries) + 1, "kept_fraction": 0.0})
+        return side_edit_result(
+            self, earlier, after_state, base, where={"block": block, "classifier": head},
+            window=window, start=start, steps=steps, history=history, labels=labels,
+            before=before, after=after, anchor=self.anchor, scoped=True,
+            covered=covered.tolist(), outside_scope=int((~covered).sum()), scope_rule=self.rule,
+            scope_threshold=fit.threshold, scope_outside=len(outside),
+            scope_avoided=0 if avoided is None else len(avoided), entries=len(entries) + 1)
 
 
 def fit_counterfactual(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,

@@ -33,11 +33,11 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..scope import prefix_tokens
-from ..side import (SideModule, SidePatch, SideState, plain_fingerprint, register_side_module,
-                    state_of, swapped_in)
+from ..side import (SideModule, SideState, plain_fingerprint, register_side_module, state_of,
+                    swapped_in)
 from ..sites import EditWindow, FFNSite, edit_window, module_inputs
 from .base import (Editor, EditResult, OptimConfig, SideTraining, frozen, optimize_window,
-                   register_editor, validate_edit_inputs)
+                   register_editor, side_edit_result)
 from .grace import token_mean
 
 MEMORY_IMAGES = 128  # preserved images whose tokens the memory loss reads
@@ -164,17 +164,14 @@ class TPatcherEditor(Editor):
     preserved: torch.Tensor | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-2))
     name: str = "t_patcher"
-    needs_preserved = True
+    needs_preserved = "its memory loss keeps the new neurons silent on those images"
 
     def __post_init__(self) -> None:
         if self.neurons < 1:
             raise InvalidInputError(f"T-Patcher adds at least one neuron, got {self.neurons}")
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
-        images, labels = validate_edit_inputs(model, images, labels)
-        if self.preserved is None or len(self.preserved) == 0:
-            raise InvalidInputError("T-Patcher needs a preserved pool (its memory loss keeps "
-                                    "the new neurons silent on those images)")
+        images, labels = self.checked_inputs(model, images, labels)
         start = time.perf_counter()
         window = edit_window(model, *(self.window or (None, None)))
         site = window.sites[-1]
@@ -208,16 +205,9 @@ class TPatcherEditor(Editor):
                                                     side=candidate)
             with torch.no_grad():
                 fires = float((candidate.activation(memory) > self.silent_below).float().mean())
-        patch = SidePatch(earlier, candidate.state(), base,
-                          metadata={"method": self.name, "mlp": mlp})
-        labels_cpu = labels.cpu()
-        return EditResult(
-            method=self.name, patch=patch, success=bool((after == labels_cpu).all()),
-            steps=steps, seconds=time.perf_counter() - start, loss_history=history,
-            labels=labels_cpu, predictions_before=before, predictions_after=after,
-            settings={"lr": self.optim.lr, "optimizer": self.optim.optimizer,
-                      "max_steps": self.optim.max_steps, "ce_target": self.optim.ce_target,
-                      "window": [window.start, window.end], "mlp": mlp,
-                      "neurons": self.neurons, "margin": self.margin,
-                      "entries": patch.after.layout["entries"],
-                      "pool_tokens_not_silent": fires, "kept_fraction": 0.0})
+        state = candidate.state()
+        return side_edit_result(
+            self, earlier, state, base, where={"mlp": mlp}, window=window, start=start,
+            steps=steps, history=history, labels=labels, before=before, after=after,
+            neurons=self.neurons, margin=self.margin, entries=state.layout["entries"],
+            pool_tokens_not_silent=fires)
