@@ -143,11 +143,11 @@ def storable(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-@contextmanager
 class StoreUnavailableError(InfrastructureError):
     """The store's database did not answer, or failed on its side (exit 4)."""
 
 
+@contextmanager
 def _failures_as_infrastructure(engine: Engine) -> Iterator[None]:
     """A server, connection, lock or disk failure of the database as one
     ``InfrastructureError`` line (password hidden): the caller retries later or exits 4."""
