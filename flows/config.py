@@ -135,6 +135,10 @@ class EditSettings(BaseModel):
     group_retention_min: float = Field(0.98, ge=0, le=1, description="...and keep at least this "
                                        "share of earlier nights' fixes right (default: the "
                                        "gate's).")
+    protect_fixes: bool = Field(False, description="Earlier nights' fixed edit images (the "
+                                "suite's retention images) weigh as much as the whole "
+                                "preserved pool in each (true, predicted) group's null-space "
+                                "confinement, so the next edit leaves their inputs alone.")
     preserve: bool = Field(True, description="Give editors that take one a preserved pool: "
                            "production images feedback confirmed correct plus the base's "
                            "held-out pool, never the gate suite's images. The product's "

@@ -147,8 +147,10 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
     if images.scoped:
         editor = _scoped_editor(context, images, settings, preserved)
     else:
+        fixes = context.suite.retention_pixels
+        protected = inputs(fixes) if settings.protect_fixes and len(fixes) else None
         editor = create_editor(settings.method, hypernet=context.hypernet, preserved=pool,
-                               **settings.editor_options())
+                               protected=protected, **settings.editor_options())
     train = torch.cat([images.edit_pixels, images.keep_pixels])
     train_labels = torch.cat([images.edit_labels, images.keep_labels])
     before = {**_measure(context, model, images, target), "locality": 1.0}

@@ -68,6 +68,9 @@ VARIANTS: tuple[Variant, ...] = (
              "scoped": {"method": "serac", "lr": 1e-2, "max_steps": 200, "ce_target": 0.05}},
             note="every unit a SERAC memory entry (editors/serac.py): the product's scope rule "
                  "at the window input, a fine-tuned copy of the classifier inside it"),
+    Variant("earlier fixes protected", {"protect_fixes": True},
+            note="the suite's retention images (earlier nights' fixed edit images) weigh as "
+                 "much as the whole preserved pool in each pair edit's null-space confinement"),
     Variant("no unit generalization checks", {"group_generalization_min": 0.0,
                                               "group_min_heldout": 0},
             note="units are applied whatever share of their held-out errors they fix"),

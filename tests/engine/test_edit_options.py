@@ -8,7 +8,8 @@ import torch
 from vitedit_ops.delta import UnitDelta
 from vitedit_ops.editors import create_editor
 from vitedit_ops.editors.jitter import jittered_batch, jittered_copies
-from vitedit_ops.editors.nullspace import complement_projector, preserved_projectors
+from vitedit_ops.editors.nullspace import (complement_projector, pooled_moments,
+                                           preserved_projectors, window_moments)
 from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.hypernet import new_hypernet
 from vitedit_ops.sites import edit_window
@@ -73,6 +74,41 @@ def test_null_space_edit_keeps_preserved_images_closer_than_a_free_edit(vit, bat
         drift[energy] = float((vit(preserved).detach() - before).abs().mean())
         result.patch.revert(vit)
     assert drift[0.99] < 0.6 * drift[0.0]
+
+
+def test_protected_fixes_weigh_as_much_as_the_pool_and_their_inputs_are_projected_out(vit):
+    """A few earlier fixes off the pool's manifold: averaged into 64 clean images they barely
+    count; weighed as a second pool, the projector removes most of their FFN-input energy."""
+    torch.manual_seed(5)
+    anchors = torch.randn(2, 3, 16, 16)
+    preserved = anchors[torch.randint(0, 2, (64,))] + 0.05 * torch.randn(64, 3, 16, 16)
+    fixes = torch.randn(3, 3, 16, 16)
+    window = edit_window(vit, 1, 2)
+    pool, protected = window_moments(vit, window, preserved), window_moments(vit, window, fixes)
+    moments = pooled_moments(vit, window, preserved, fixes)
+    assert torch.allclose(moments[0], pool[0] / 64 + protected[0] / 3)
+    assert pooled_moments(vit, window, preserved, None)[0] is pool[0]
+    units = [torch.arange(8) for _ in window.matrices]
+    left = {}
+    for name, given in (("pool only", None), ("protected", fixes)):
+        projector = preserved_projectors(vit, window, units, preserved, 0.99, given)[0].double()
+        fix_moment = protected[0]
+        left[name] = float(torch.trace(projector @ fix_moment @ projector)
+                           / torch.trace(fix_moment))
+    assert left["protected"] < 0.5 * left["pool only"]
+
+
+def test_the_editor_passes_protected_fixes_to_its_confinement(vit, batch):
+    images, labels = batch
+    torch.manual_seed(6)
+    preserved, fixes = torch.randn(16, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    settings = {}
+    for given in (None, fixes):
+        editor = create_editor("random_mask", window=(1, 2), keep_fraction=0.5, max_steps=2,
+                               preserved=preserved, protected=given, null_space_energy=0.99)
+        settings[given is None] = editor.edit(vit, images, labels).settings
+    assert settings[True]["protected_images"] == 0 and settings[False]["protected_images"] == 3
+    assert create_editor("grace", protected=fixes).name == "grace"  # not one of its options
 
 
 def test_jittered_copies_are_seeded_small_variations_with_the_labels_repeated():

@@ -80,6 +80,37 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a database with no schema yet, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.db'}"
+    return request.getfixturevalue("pg_empty_url")
+
+
+@pytest.fixture
+def at_revision(empty_url: str) -> Callable[..., None]:
+    """``at_revision(rev, *statements)``: migrate the empty store to ``rev`` only, then run
+    ``(sql, params)`` statements there, as an older vitedit-ops left its store."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from monitoring.store import MIGRATIONS_DIR, normalise_url
+
+    def make(revision: str, *statements: tuple[str, dict[str, Any]]) -> None:
+        engine = sa.create_engine(normalise_url(empty_url))
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            for sql, params in statements:
+                conn.execute(sa.text(sql), params)
+        engine.dispose()
+    return make
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'monitoring.db'}"

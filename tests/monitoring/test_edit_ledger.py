@@ -4,7 +4,6 @@ collected again; and an existing store's rows survive the migration that adds th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import sqlalchemy as sa
 
 from monitoring.collector import Collector
 from monitoring.schema import COMMITTED, PENDING, RELEASED, EditLedger
-from monitoring.store import LedgerSettlement, normalise_url, open_store
+from monitoring.store import LedgerSettlement, open_store
 
 from .test_error_collector import World
 
@@ -92,38 +91,20 @@ def test_settling_one_model_leaves_the_others_ledger_alone(world: World) -> None
     assert _states(store) == {"a": RELEASED, "b": PENDING}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'old.db'}"
-    return request.getfixturevalue("pg_empty_url")
-
-
-def test_an_existing_ledger_is_kept_through_the_upgrade_as_pending(empty_url: str) -> None:
+def test_an_existing_ledger_is_kept_through_the_upgrade_as_pending(empty_url: str,
+                                                                   at_revision) -> None:
     """A store at 0003 with ledger rows (written the old way, at registration): upgraded on
     open, every row kept, pending until the next night settles it from the registry."""
-    from alembic import command
-    from alembic.config import Config
-
-    from monitoring.store import MIGRATIONS_DIR
-
-    engine = sa.create_engine(normalise_url(empty_url))
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0003")
-        for i in range(3):
-            conn.execute(sa.text(
-                "INSERT INTO predictions VALUES (:id, '2026-11-01 00:00:00', 'vit', '1', NULL, "
-                "'x.png', :sha, 8, '[]', '{}', :sha, '2026-11-01 00:00:00')"),
-                {"id": f"p{i}", "sha": f"{i}" * 64})
-            conn.execute(sa.text(
-                "INSERT INTO edit_ledger (run_id, model_name, model_version, prediction_id, "
-                "image_sha256, recorded_at) VALUES (:run, 'vit', :version, :id, :sha, "
-                "'2026-11-02 00:00:00')"),
-                {"run": f"run-{i}", "version": str(2 + i), "id": f"p{i}", "sha": f"{i}" * 64})
-    engine.dispose()
+    rows = []
+    for i in range(3):
+        rows += [("INSERT INTO predictions VALUES (:id, '2026-11-01 00:00:00', 'vit', '1', "
+                  "NULL, 'x.png', :sha, 8, '[]', '{}', :sha, '2026-11-01 00:00:00')",
+                  {"id": f"p{i}", "sha": f"{i}" * 64}),
+                 ("INSERT INTO edit_ledger (run_id, model_name, model_version, prediction_id, "
+                  "image_sha256, recorded_at) VALUES (:run, 'vit', :version, :id, :sha, "
+                  "'2026-11-02 00:00:00')",
+                  {"run": f"run-{i}", "version": str(2 + i), "id": f"p{i}", "sha": f"{i}" * 64})]
+    at_revision("0003", *rows)
     with open_store(empty_url) as store:
         assert store.counts()["edit_ledger"] == 3
         assert store.ledger_states("vit") == {"2": {PENDING: 1}, "3": {PENDING: 1},

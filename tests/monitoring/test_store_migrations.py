@@ -9,7 +9,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -18,13 +17,6 @@ from monitoring.schema import metadata
 from monitoring.store import VERSION_TABLE, normalise_url, open_store
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fresh.db'}"
-    return request.getfixturevalue("pg_empty_url")
 
 
 def test_open_migrates_to_head_and_the_schema_matches_the_models(empty_url: str) -> None:
@@ -84,27 +76,14 @@ def test_an_installed_wheel_carries_and_runs_its_migrations(tmp_path: Path) -> N
     assert "'predictions': 0" in done.stdout
 
 
-def test_a_store_at_an_older_revision_is_upgraded_on_open(empty_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from monitoring.store import MIGRATIONS_DIR
-
-    engine = sa.create_engine(normalise_url(empty_url))
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0001")
-        conn.execute(sa.text("INSERT INTO model_classes VALUES ('vit', 10, NULL, "
-                             "'2026-11-01 00:00:00')"))
-        conn.execute(sa.text("INSERT INTO predictions VALUES ('p1', '2026-11-01 00:00:00', "
-                             "'vit', '1', NULL, 'x.png', :sha, 8, '[]', '{}', :sha, "
-                             "'2026-11-01 00:00:00')"), {"sha": "a" * 64})
-        conn.execute(sa.text("INSERT INTO feedback (prediction_id, true_class, source, ts, "
-                             "ingested_at) VALUES ('p1', 3, 'r', '2026-11-02 00:00:00', "
-                             "'2026-11-02 00:00:00')"))
-    engine.dispose()
+def test_a_store_at_an_older_revision_is_upgraded_on_open(empty_url: str, at_revision) -> None:
+    at_revision(
+        "0001",
+        ("INSERT INTO model_classes VALUES ('vit', 10, NULL, '2026-11-01 00:00:00')", {}),
+        ("INSERT INTO predictions VALUES ('p1', '2026-11-01 00:00:00', 'vit', '1', NULL, "
+         "'x.png', :sha, 8, '[]', '{}', :sha, '2026-11-01 00:00:00')", {"sha": "a" * 64}),
+        ("INSERT INTO feedback (prediction_id, true_class, source, ts, ingested_at) VALUES "
+         "('p1', 3, 'r', '2026-11-02 00:00:00', '2026-11-02 00:00:00')", {}))
     with open_store(empty_url) as store:
         assert store.model_classes() == {"vit": 10}  # data kept across the upgrades
         with store.read() as conn:  # 0003 back-filled the feedback's image hash

@@ -37,7 +37,7 @@ from .serac import SeracEditor
 from .t_patcher import TPatcherEditor
 
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
-_GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "name")
+_GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "protected", "name")
 
 
 def list_editors() -> list[str]:
@@ -76,12 +76,13 @@ def default_optim(name: str) -> OptimConfig:
 
 def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
                   window: tuple[int, int] | None = None, preserved: torch.Tensor | None = None,
-                  **options: Any) -> Editor:
+                  protected: torch.Tensor | None = None, **options: Any) -> Editor:
     """Build editor ``name``.
 
     ``hypernet`` is required by the localized editor and gives every window method its window
     unless ``window`` is given; ``preserved`` (model inputs whose predictions must hold) goes to
-    the editors that use one. Of ``options``, those the editor declares are kept (optimiser
+    the editors that use one, ``protected`` (inputs of earlier edits' fixes) to those that
+    confine against them too. Of ``options``, those the editor declares are kept (optimiser
     keys ``lr``, ``optimizer``, ``max_steps``, ``ce_target`` may be flat) and None means the
     editor's default; options another editor declares are dropped; unknown ones are refused.
     """
@@ -106,8 +107,9 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
             tuple(hypernet.config.window) if hypernet is not None else None)
         if window is not None:
             kwargs["window"] = tuple(int(v) for v in window)
-    if "preserved" in declared and preserved is not None:
-        kwargs["preserved"] = preserved
+    for name, pool in (("preserved", preserved), ("protected", protected)):
+        if name in declared and pool is not None:
+            kwargs[name] = pool
     return cls(**kwargs)
 
 

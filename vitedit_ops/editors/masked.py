@@ -5,7 +5,8 @@ scores) share everything but the scores: the top ``keep_fraction`` of units is k
 across the window's matrices, and only those rows of ``fc1`` / columns of ``fc2`` are
 fine-tuned. Given a ``preserved`` pool (model inputs whose predictions must hold), the change
 can be confined to the directions those images do not use (``null_space_energy``, see
-``nullspace``) or pulled back by a KL replay term on them (``replay_weight``); a single-image
+``nullspace``; earlier edits' fixes given as ``protected`` weigh as much as the pool there)
+or pulled back by a KL replay term on them (``replay_weight``); a single-image
 edit can also fit jittered copies of its image (``jitter_copies``, see ``jitter``).
 """
 
@@ -35,6 +36,7 @@ class MaskedEditor(Editor):
     replay_weight: float = 0.0  # KL(original || edited) on the preserved pool; 0 = off
     replay_scope: str = "confusable"
     null_space_energy: float = 0.0  # > 0: confine the change against the preserved pool
+    protected: torch.Tensor | None = None  # inputs of earlier fixes, weighed in as a second pool
     jitter_copies: int = 0  # jittered copies of each edit image in the loss ...
     jitter_max_images: int = 1  # ... for edits of at most this many images
 
@@ -62,7 +64,7 @@ class MaskedEditor(Editor):
             replay = select_replay(model, self.preserved, before, labels, self.replay_scope,
                                    self.replay_weight)
             deltas = confined_unit_deltas(model, window, units, self.preserved,
-                                          self.null_space_energy)
+                                          self.null_space_energy, self.protected)
         copies = self.jitter_copies if len(images) <= self.jitter_max_images else 0
         return window_edit(
             self.name, model, window, deltas, images, labels, self.optim,
@@ -71,6 +73,7 @@ class MaskedEditor(Editor):
                       "replay_weight": self.replay_weight, "replay_scope": self.replay_scope,
                       "replay_images": 0 if replay is None else len(replay.inputs),
                       "jitter_copies": copies, "null_space_energy": self.null_space_energy,
+                      "protected_images": 0 if self.protected is None else len(self.protected),
                       **extra},
             mask_scores=self.recorded_scores(window, scores),
             kept_units=kept_units_by_name(window, units), replay=replay,

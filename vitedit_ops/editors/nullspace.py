@@ -95,12 +95,27 @@ def window_moments(model: nn.Module, window: EditWindow, preserved: torch.Tensor
     return computed
 
 
+def pooled_moments(model: nn.Module, window: EditWindow, preserved: torch.Tensor,
+                   protected: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The preserved pool's moments, with the ``protected`` images (earlier edits' fixes)
+    weighing as much as the whole pool: a few dozen fixes would vanish in the energy of
+    hundreds of clean images, and they are what the next edit most easily undoes (AlphaEdit
+    projects against earlier edits' keys as well)."""
+    pool = window_moments(model, window, preserved)
+    if protected is None or len(protected) == 0:
+        return pool
+    fixes = window_moments(model, window, protected)
+    return [p / len(preserved) + f / len(protected) for p, f in zip(pool, fixes)]
+
+
 def preserved_projectors(model: nn.Module, window: EditWindow, units: Sequence[torch.Tensor],
-                         preserved: torch.Tensor, energy: float) -> list[torch.Tensor]:
+                         preserved: torch.Tensor, energy: float,
+                         protected: torch.Tensor | None = None) -> list[torch.Tensor]:
     """One projector per edited matrix: over the FFN input width for ``fc1`` rows, over the
-    kept units for ``fc2`` columns, from the unedited model's forward on ``preserved``."""
+    kept units for ``fc2`` columns, from the unedited model's forward on ``preserved`` (and
+    ``protected``, see :func:`pooled_moments`)."""
     projectors = []
-    for moment, (_site, which), kept in zip(window_moments(model, window, preserved),
+    for moment, (_site, which), kept in zip(pooled_moments(model, window, preserved, protected),
                                             window.matrices, units):
         if which == "fc2":
             keep = kept.to(torch.long)
@@ -110,10 +125,11 @@ def preserved_projectors(model: nn.Module, window: EditWindow, units: Sequence[t
 
 
 def confined_unit_deltas(model: nn.Module, window: EditWindow, units: Sequence[torch.Tensor],
-                         preserved: torch.Tensor | None, energy: float) -> list[UnitDelta]:
-    """Unit deltas for the kept units, confined against ``preserved`` when ``energy`` > 0
-    and preserved images exist (otherwise plain unit deltas)."""
+                         preserved: torch.Tensor | None, energy: float,
+                         protected: torch.Tensor | None = None) -> list[UnitDelta]:
+    """Unit deltas for the kept units, confined against ``preserved`` (and ``protected``)
+    when ``energy`` > 0 and preserved images exist (otherwise plain unit deltas)."""
     if energy <= 0 or preserved is None or len(preserved) == 0:
         return unit_deltas(window, units)
     return unit_deltas(window, units, preserved_projectors(model, window, units, preserved,
-                                                           energy))
+                                                           energy, protected))
