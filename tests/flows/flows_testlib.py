@@ -14,8 +14,10 @@ from pathlib import Path
 from ..helpers.servers import free_port
 
 # Lax enough for the tests' model trained for seconds; tests that need a failing gate tighten it.
+# The norm limit is the product's (3.0): the bolder null-space edits below grow an fc2 norm
+# 1.5-2.6x on this model (2.61 measured on a night of the supersede test), as the product's do
 LAX_GATE = {"locality_min": 0.85, "sensitive_min": 0.5, "accuracy_drop_max": 10.0,
-            "generalization_min": 0.0, "norm_growth_max": 2.0, "retention_min": 0.85}
+            "generalization_min": 0.0, "norm_growth_max": 3.0, "retention_min": 0.85}
 # the tests' weak model needs the localized editor's own bolder null-space settings to fix
 # groups on a second night (the nightly's 0.999 / 1e-3 leave them unfixed in 100 steps)
 LAX_EDIT = {"null_space_energy": 0.99, "lr": 3e-3, "group_locality_min": 0.93,

@@ -108,7 +108,8 @@ def test_a_unit_whose_edit_raises_is_reported_and_the_others_are_registered(nigh
     result = n.run()
     failed = [g for g in result.groups if g["outcome"] == ERROR]
     assert [g["group"] for g in failed] == doomed and "illegal memory access" in failed[0]["note"]
-    assert result.status == REGISTERED and result.gate_passed
+    assert result.status == REGISTERED and result.gate_passed, [
+        (c.name, c.value, c.threshold) for c in result.gate.checks if not c.passed]
     assert doomed[0] not in _ready_edits(n.tracking_uri, n.name)[0].tags[
         versions.EDITED_GROUPS].split(",")
 
