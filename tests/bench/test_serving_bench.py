@@ -11,7 +11,7 @@ from benchmarks.serving import markdown, run_benchmark
 
 @pytest.mark.slow
 def test_quick_serving_benchmark_reports_every_figure() -> None:
-    result = run_benchmark(quick=True)
+    result = run_benchmark(quick=True, seconds=1.0)  # the structure, not the figures
     assert result["quick"] is True and "QUICK MODE" in result["note"]
     logger = result["logger"]
     for backend in ("sqlite", "postgresql"):
