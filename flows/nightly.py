@@ -19,6 +19,8 @@ process, so a Dask runner fans the edits out to its workers and nothing else.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +51,7 @@ from registry.versions import CHAMPION
 from registry.client import first_line
 from registry.mlflow_registry import Registration
 from registry.record import EditRunRecord
-from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
+from vitedit_ops.errors import IncompatibleBaseError, InfrastructureError, InvalidInputError
 from vitedit_ops.export import ExportResult, export_onnx
 from vitedit_ops.gate import GateConfig, GateReport, run_gate
 from vitedit_ops.groups import ErrorGroup
@@ -90,6 +92,7 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry
 _TIMEOUTS = Settings()
 FLOW_TIMEOUT = timedelta(hours=_TIMEOUTS.nightly_timeout_hours)
 TASK_TIMEOUT = {"timeout_seconds": _TIMEOUTS.task_timeout_hours * 3600}
+EDIT_SLOT_TIMEOUT_SECONDS = _TIMEOUTS.edit_slot_timeout_minutes * 60
 IO = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient,
       "cache_policy": NO_CACHE, **TASK_TIMEOUT}
 
@@ -191,6 +194,25 @@ def preserved_pool(ref: ChampionRef, since: datetime, limit: int,
         store.close()
 
 
+@contextmanager
+def edit_slot(limit: str, timeout_seconds: float | None = None) -> Iterator[None]:
+    """Hold one slot of the edit limit; waiting longer than ``timeout_seconds`` (default
+    ``VITEDIT_EDIT_SLOT_TIMEOUT_MINUTES``) raises one line naming the limit, so a slot that no
+    live night holds (docs/operations.md) costs a unit, never the whole night's time."""
+    timeout = EDIT_SLOT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(limit, occupy=1, strict=True,
+                                           timeout_seconds=timeout))
+        except TimeoutError:
+            raise InfrastructureError(
+                f"no slot of the edit concurrency limit {limit!r} came free within "
+                f"{timeout:.0f} s: another run holds it, or a dead one left it taken (`prefect "
+                f"gcl inspect {limit}`; `prefect gcl update {limit} --active-slots 0` frees a "
+                "slot no live night holds)") from None
+        yield
+
+
 # the submitted tasks (edit-group, retrain) run in the task runner's worker threads, which a
 # task timeout cannot interrupt (Prefect only warns): the flow's timeout bounds them
 @task(name="edit-group", cache_policy=NO_CACHE)
@@ -198,7 +220,7 @@ def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: 
          limit: str, preserved: PreservedPool | None) -> GroupOutcome:
     """Edit one group while holding a slot of the shared limit (one per GPU)."""
     context = champion_context(ref)  # downloading is not GPU work: outside the slot
-    with concurrency(limit, occupy=1, strict=True):
+    with edit_slot(limit):
         outcome = edit_group(context, images, settings, device, preserved)
     e = outcome.edit
     get_run_logger().info("group %s (%d edit / %d held-out images): %s in %d steps%s",
@@ -213,7 +235,7 @@ def retrain_candidate(ref: ChampionRef, units: list[GroupImages], settings: Edit
                       preserved: PreservedPool | None) -> GroupOutcome:
     """The retraining peer's one candidate, holding a slot of the shared limit."""
     context = champion_context(ref)
-    with concurrency(limit, occupy=1, strict=True):
+    with edit_slot(limit):
         outcome = retrain(context, units, settings, device, preserved)
     e = outcome.edit
     get_run_logger().info("retrained on %d unit(s) (%d edit / %d held-out images): %s in %d "

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     task_timeout_hours: float = Field(
         2.0, gt=0, description="Timeout of each task of the nightly flow (collect, edit, "
         "gate, register, ...).")
+    edit_slot_timeout_minutes: float = Field(
+        60.0, gt=0, description="How long an edit task of the nightly flow waits for a slot of "
+        "the edit concurrency limit; then that unit fails with one line naming the limit, and "
+        "the night goes on without it.")
 
     @cached_property
     def reference_dir(self) -> Path:

@@ -273,6 +273,37 @@ def test_a_night_first_ends_the_runs_a_dead_night_left_running(night, tracking_u
         assert client.read_flow_run(result.flow_run_id).state.is_completed()
 
 
+def test_an_edit_slot_no_live_night_holds_costs_a_unit_one_line_not_the_night(
+        prefect_test_api):
+    """A slot left taken (a dead process's lease that the server has not reclaimed; Prefect's
+    test server never does) makes the edit wait only as long as allowed, then one line names
+    the limit and the way to free it; a free slot is held for the edit and given back."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from flows.nightly import edit_slot, ensure_limit
+    from vitedit_ops.errors import InfrastructureError
+
+    name = "vitedit-edit-slot-test"
+    ensure_limit(name, 1)
+
+    def active() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(name).active_slots
+
+    with edit_slot(name, timeout_seconds=30):
+        assert active() == 1
+    assert active() == 0
+    with get_client(sync_client=True) as client:  # what a killed night leaves behind
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(
+            active_slots=1))
+    with pytest.raises(InfrastructureError) as raised:
+        with edit_slot(name, timeout_seconds=1):
+            raise AssertionError("entered a slot that is taken")
+    message = str(raised.value)
+    assert "\n" not in message and repr(name) in message and "--active-slots 0" in message
+
+
 @pytest.mark.slow
 def test_a_failed_night_prints_one_line_naming_the_problem(prefect_test_api, tmp_path):
     """The real command in its own process, its store unreachable: Prefect's failure reports
