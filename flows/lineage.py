@@ -18,7 +18,7 @@ from torch import nn
 from registry import versions
 from registry.lineage_assets import load_assets
 from registry.loading import download_suite, load_version
-from registry.lookup import champion
+from registry.lookup import verified_champion
 from vitedit_ops.errors import IncompatibleBaseError
 from vitedit_ops.gate import Suite, load_suite
 from vitedit_ops.hypernet import MaskHypernet
@@ -89,8 +89,9 @@ class ChampionContext:
 
 
 def resolve_champion(name: str, tracking_uri: str) -> ChampionRef:
-    """Pin the version that holds the ``champion`` alias now."""
-    return ChampionRef(name, champion(name, tracking_uri).version, tracking_uri)
+    """Pin the version that holds the ``champion`` alias now, once its alias move and record
+    verify (``registry.verified_champion``)."""
+    return ChampionRef(name, verified_champion(name, tracking_uri).version, tracking_uri)
 
 
 _lock = threading.Lock()

@@ -51,7 +51,8 @@ from registry.versions import CHAMPION
 from registry.client import first_line
 from registry.mlflow_registry import Registration
 from registry.record import EditRunRecord
-from vitedit_ops.errors import IncompatibleBaseError, InfrastructureError, InvalidInputError
+from vitedit_ops.errors import (IncompatibleBaseError, InfrastructureError, InvalidInputError,
+                                RefusedError)
 from vitedit_ops.export import ExportResult, export_onnx
 from vitedit_ops.gate import GateConfig, GateReport, run_gate
 from vitedit_ops.groups import ErrorGroup
@@ -73,8 +74,9 @@ FLOW_NAME = "nightly-edit"
 EDIT_LIMIT = "vitedit-edit"
 PROMOTED_BY = "nightly-edit"
 # Errors that another attempt cannot fix: bad input, a blob that failed its hash check, a
-# model of another lineage. Everything else (locks, timeouts, connections) is retried.
-PERMANENT = (InvalidInputError, ImageIntegrityError, IncompatibleBaseError)
+# model of another lineage, a champion that does not verify. Everything else (locks, timeouts,
+# connections) is retried.
+PERMANENT = (InvalidInputError, ImageIntegrityError, IncompatibleBaseError, RefusedError)
 
 
 def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook

@@ -13,10 +13,10 @@ from pathlib import Path
 from vitedit_ops.gate import GateReport
 from vitedit_ops.settings import get_settings
 
-from . import versions
+from . import signing, versions
 from .artifacts import GATE_JSON
 from .client import connect, translate_errors
-from .errors import RegistryError
+from .errors import PromotionRefusedError, RegistryError
 from .promotion import events
 from .versions import VersionInfo
 
@@ -28,6 +28,22 @@ def champion(name: str, tracking_uri: str | None = None) -> VersionInfo:
                              versions.CHAMPION)
     if info is None:
         raise RegistryError(f"{name} has no champion: register a base model first")
+    return info
+
+
+def verified_champion(name: str, tracking_uri: str | None = None) -> VersionInfo:
+    """The champion, once its alias and its record verify as serving and promotion verify
+    them: the latest signed move put the alias there and no tag changed since signing. A
+    night never builds on a version moved onto the alias outside vitedit-ops (MLflow's UI) or
+    whose tags were rewritten; the weights it loads are then checked against the signed
+    fingerprint (``load_version``)."""
+    info = champion(name, tracking_uri)
+    keys = signing.configured_keys()
+    _, problems = signing.check_alias(connect(tracking_uri).client, info, versions.CHAMPION,
+                                      keys)
+    problems += signing.verify_version(info, keys)[1]
+    if problems:
+        raise PromotionRefusedError(f"refusing to edit {name} v{info.version}", problems)
     return info
 
 

@@ -273,6 +273,24 @@ def test_a_night_first_ends_the_runs_a_dead_night_left_running(night, tracking_u
         assert client.read_flow_run(result.flow_run_id).state.is_completed()
 
 
+def test_a_champion_whose_record_was_tampered_with_is_never_edited(night):
+    """The champion's signed record rewritten through the ordinary MLflow API (what anyone
+    with write access can do): the night refuses to build on it, in one line, before any
+    edit, and registers nothing."""
+    from registry.errors import PromotionRefusedError
+    from registry.signing import SIGNATURE
+
+    n = night()
+    client = MlflowClient(n.tracking_uri)
+    champion = client.get_model_version_by_alias(n.name, versions.CHAMPION)
+    client.set_model_version_tag(n.name, champion.version, SIGNATURE, "0" * 64)
+    with pytest.raises(PromotionRefusedError) as refused:
+        n.run()
+    assert f"refusing to edit {n.name} v{champion.version}" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert n.versions() == [str(champion.version)]
+
+
 def test_an_edit_slot_no_live_night_holds_costs_a_unit_one_line_not_the_night(
         prefect_test_api):
     """A slot left taken (a dead process's lease that the server has not reclaimed; Prefect's
