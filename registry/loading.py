@@ -40,17 +40,25 @@ def load_version(name: str, version: str,
 
 
 def download_served(info: VersionInfo, dst: str | Path, tracking_uri: str | None = None,
-                    alias: str = CHAMPION) -> tuple[Path, ModelSpec]:
+                    alias: str = CHAMPION, not_before: int = 0
+                    ) -> tuple[Path, ModelSpec, int]:
     """A version's served ONNX file and timm spec, downloaded into ``dst`` after exactly the
     checks promotion makes (ready status, signature of its record, gate verdict and report,
     patch, weights and ONNX hashes against the signed values), and only if the latest signed
     move of ``alias`` (the one it was resolved by) put it there. Raises
     ``PromotionRefusedError`` listing what failed: a version moved onto the alias outside
-    vitedit-ops, or whose files or tags changed, is never served."""
+    vitedit-ops, or whose files or tags changed, is never served. Moves are numbered, so a
+    server that already served move ``not_before`` refuses an older one put back (a signed
+    move copied from the tag history replays a version someone rolled back). Returns the ONNX
+    file, the spec and the number of the move that put the version there."""
     dst = Path(dst)
     client = connect(tracking_uri).client
     keys = signing.configured_keys()
-    _, problems = signing.check_alias(client, info, alias, keys)
+    grant, problems = signing.check_alias(client, info, alias, keys)
+    if grant is not None and not problems and grant.seq < not_before:
+        problems = [f"@{alias} move #{grant.seq} ({grant.action} by {grant.by}) is older than "
+                    f"move #{not_before} this server already served: an earlier signed move put "
+                    "back by hand?"]
     if problems:  # refused before downloading anything
         raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
     problems = verify(client, info, onnx_dir=dst / "onnx", keys=keys)
@@ -58,7 +66,7 @@ def download_served(info: VersionInfo, dst: str | Path, tracking_uri: str | None
         raise PromotionRefusedError(f"refusing to serve {info.name} v{info.version}", problems)
     with translate_errors(f"download the spec of {info.name} v{info.version}"):
         spec_file = client.download_artifacts(info.run_id, artifacts.SPEC, str(dst))
-    return dst / "onnx" / Path(ONNX_FILE).name, ModelSpec.load(spec_file)
+    return dst / "onnx" / Path(ONNX_FILE).name, ModelSpec.load(spec_file), grant.seq
 
 
 def _load_weights(conn: Connection, info: VersionInfo) -> tuple[nn.Module, ModelSpec]:

@@ -42,6 +42,7 @@ class Champion:
     spec: ModelSpec
     session: Any
     preprocessor: Preprocessor
+    move: int = 0   # number of the signed alias move it was loaded by
 
     @property
     def provider(self) -> str:
@@ -82,15 +83,16 @@ def signed_move(info: VersionInfo, tracking_uri: str | None = None) -> str:
 
 
 def load(info: VersionInfo, tracking_uri: str | None = None,
-         threads: int | None = None) -> Champion:
+         threads: int | None = None, not_before: int = 0) -> Champion:
     """Download, verify and load ``info``; raises ``PromotionRefusedError`` if it does not
     verify (CUDA provider first when onnxruntime can use it)."""
     root = Path(tempfile.mkdtemp(prefix="vitedit-serve-"))
     try:
-        onnx_path, spec = download_served(info, root, tracking_uri)
+        onnx_path, spec, move = download_served(info, root, tracking_uri,
+                                                not_before=not_before)
         session = load_session(onnx_path, prefer_cuda=True, threads=threads)
     finally:
         shutil.rmtree(root, ignore_errors=True)  # the session holds the graph in memory
     return Champion(name=info.name, version=info.version, run_id=info.run_id,
                     onnx_sha256=info.tags.get(versions.ONNX_SHA256, ""), spec=spec,
-                    session=session, preprocessor=Preprocessor(spec))
+                    session=session, preprocessor=Preprocessor(spec), move=move)

@@ -75,7 +75,8 @@ class ChampionSlot:
         if digest in self._refused:
             return "unchanged"
         try:
-            loaded = champions.load(info, self.tracking_uri, self.threads)
+            loaded = champions.load(info, self.tracking_uri, self.threads,
+                                    not_before=current.move if current else 0)
         except PromotionRefusedError as exc:
             self._refused.add(digest)
             log.error("serving %s: champion v%s refused, %s: %s", self.name, info.version,

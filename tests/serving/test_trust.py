@@ -62,6 +62,34 @@ def test_alias_moved_outside_vitedit_ops_is_not_served(registered, serve):
     assert _refusals(server) >= before + 1
 
 
+def test_an_older_signed_move_put_back_by_hand_is_not_served(registered, serve):
+    """v1's signed move copied back onto the registered model with the alias on v1 again
+    (everything a signed move needs, replayed through the MLflow API): the server that
+    already served the newer move #2 refuses it and keeps serving v2; a real rollback, a
+    newer signed move, is followed."""
+    from registry.promotion import rollback
+    from registry.signing import grant_tag
+
+    lineage = registered("serve-replayed-move")
+    client = MlflowClient(lineage.tracking_uri)
+    first_move = client.get_registered_model(lineage.name).tags[grant_tag(CHAMPION)]
+    server = serve(lineage.name, lineage.tracking_uri)
+    promote(lineage.runs["2"], user="ci", reason="reviewed", tracking_uri=lineage.tracking_uri)
+    wait_for(lambda: server.ready_version() == "2", 120, "v2 served", 0.2)
+    second_move = client.get_registered_model(lineage.name).tags[grant_tag(CHAMPION)]
+    before = _refusals(server)
+    client.set_registered_model_tag(lineage.name, grant_tag(CHAMPION), first_move)
+    client.set_registered_model_alias(lineage.name, CHAMPION, "1")
+    wait_for(lambda: _refusals(server) > before, 120, "the replayed move refused", 0.2)
+    assert server.ready_version() == "2"
+    assert "older than move #2 this server already served" in server.log_path.read_text()
+
+    client.set_registered_model_tag(lineage.name, grant_tag(CHAMPION), second_move)
+    client.set_registered_model_alias(lineage.name, CHAMPION, "2")  # put back as it was
+    rollback(lineage.name, user="ci", reason="v2 regressed", tracking_uri=lineage.tracking_uri)
+    wait_for(lambda: server.ready_version() == "1", 120, "v1 served after a real rollback", 0.2)
+
+
 def test_swapped_onnx_with_its_hash_tag_rewritten_is_refused_by_promote_and_serving(
         registered, serve):
     """The attack of issue 12 against a served model."""
