@@ -229,4 +229,4 @@ def _scoped_editor(context: ChampionContext, images: GroupImages, settings: Edit
                         outside=context.suite.inputs(preserved.pixels[outside]),
                         rule=scoped.rule, margin=scoped.margin,
                         avoid_earlier=scoped.avoid_earlier,
-                        avoid=neighbours)
+                        avoid=neighbours, radius_scale=scoped.radius_scale)

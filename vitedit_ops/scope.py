@@ -142,23 +142,31 @@ class NearestScope(Scope):
     """``inside`` when, in whitened key space, the nearest image the patch was made for is
     nearer than ``alpha`` times the nearest image it must leave alone (the clean images and
     earlier patches' images): a local rule, so several subpopulations off the clean manifold,
-    one patch each, keep out of each other's way."""
+    one patch each, keep out of each other's way. With a ``radius`` it must also be within
+    that distance of one of them (GRACE's deferral radius): the ratio alone covers every input
+    far from the clean images, so a later, unrelated shift would fall inside."""
 
     kind = "nearest"
 
     def __init__(self, center: torch.Tensor, matrix: torch.Tensor, keys: torch.Tensor,
-                 negatives: torch.Tensor, alpha: torch.Tensor, prefix_tokens: int) -> None:
+                 negatives: torch.Tensor, alpha: torch.Tensor, prefix_tokens: int,
+                 radius: torch.Tensor | None = None) -> None:
         super().__init__(prefix_tokens)
         self.register_buffer("center", center.float())
         self.register_buffer("matrix", matrix.float())
         self.register_buffer("keys", keys.float())
         self.register_buffer("negatives", negatives.float())
         self.register_buffer("alpha", alpha.float().reshape(()))
+        if radius is not None:  # patches saved before the radius existed have none
+            self.register_buffer("radius", radius.float().reshape(()))
 
     def covers(self, keys: torch.Tensor) -> torch.Tensor:
         z = (keys.float() - self.center) @ self.matrix
-        return _nearest_distance(z, self.keys) < self.alpha * _nearest_distance(z,
-                                                                                 self.negatives)
+        nearest = _nearest_distance(z, self.keys)
+        inside = nearest < self.alpha * _nearest_distance(z, self.negatives)
+        if hasattr(self, "radius"):
+            inside = inside & (nearest <= self.radius)
+        return inside
 
 
 @dataclass(frozen=True)
@@ -219,7 +227,8 @@ def fit_scope(inside: torch.Tensor, outside: torch.Tensor, reference: torch.Tens
 
 
 def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
-                      margin: float = 0.8, avoid: torch.Tensor | None = None) -> ScopeFit:
+                      margin: float = 0.8, avoid: torch.Tensor | None = None,
+                      radius_scale: float | None = None) -> ScopeFit:
     """A :class:`NearestScope` for ``inside`` keys against ``outside`` keys (whitened with
     them) and ``avoid`` keys.
 
@@ -227,19 +236,28 @@ def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
     distance to the inside images and their distance to the nearest *other* outside image:
     an unseen clean image placed like any outside one stays outside with that margin. Outside
     and avoided images are negatives, so each of them is outside too (its own distance to the
-    negatives is zero).
+    negatives is zero). ``radius_scale`` bounds the scope to that many times the largest
+    distance from an inside image to its nearest other inside image (how far apart the
+    subpopulation's own images lie, so its unseen images fall within); None: no bound.
     """
     if len(inside) < 1 or len(outside) < MIN_OUTSIDE:
         raise InvalidInputError(f"a scope needs at least 1 inside and {MIN_OUTSIDE} outside "
                                 f"images, got {len(inside)} and {len(outside)}")
     if not 0 < margin <= 1:
         raise InvalidInputError(f"the scope margin is a ratio in (0, 1], got {margin}")
+    if radius_scale is not None and radius_scale <= 0:
+        raise InvalidInputError(f"the scope radius scale must be positive, got {radius_scale}")
     whiten = Whitening.fit(outside)
     k, p = whiten(inside), whiten(outside)
     apart = torch.cdist(p, p)
     apart.fill_diagonal_(float("inf"))
     ratio = torch.cdist(p, k).min(1).values / apart.min(1).values.clamp_min(1e-12)
     negatives = p if avoid is None or len(avoid) == 0 else torch.cat([p, whiten(avoid)])
+    radius = None
+    if radius_scale is not None and len(k) > 1:
+        spread = torch.cdist(k, k)
+        spread.fill_diagonal_(float("inf"))
+        radius = torch.tensor(radius_scale * float(spread.min(1).values.max()))
     scope = NearestScope(whiten.center, whiten.matrix, k, negatives,
-                         torch.tensor(margin * float(ratio.min())), prefix)
+                         torch.tensor(margin * float(ratio.min())), prefix, radius)
     return ScopeFit(scope, scope.covers(inside), float(scope.alpha))

@@ -13,7 +13,7 @@ from vitedit_ops.editors import ScopedEditor, create_editor
 from vitedit_ops.errors import InvalidInputError, PatchConflictError
 from vitedit_ops.export import export_onnx, load_session, run_session
 from vitedit_ops.models import ModelSpec, fingerprint, load_model, save_model
-from vitedit_ops.scope import (Whitening, fit_nearest_scope, fit_scope, prefix_tokens,
+from vitedit_ops.scope import (Scope, Whitening, fit_nearest_scope, fit_scope, prefix_tokens,
                                window_keys)
 from vitedit_ops.scoped import (ScopedPatch, effective_deltas, load_patch, scoped_patches,
                                 weights_fingerprint)
@@ -149,6 +149,30 @@ def test_a_scope_refuses_too_few_images_and_never_covers_an_outside_image():
         fit_scope(inside[:1], outside, outside, prefix=0)
     with pytest.raises(InvalidInputError, match="reference images"):
         Whitening.fit(outside[:3])
+
+
+def test_a_radius_keeps_a_later_far_shift_outside_and_the_subpopulation_inside():
+    """The ratio rule alone covers inputs far from every clean image (a new shift on another
+    side); the radius bounds the scope to the subpopulation's own spread. The bound travels
+    in the state dict, and a scope saved without one loads as before."""
+    torch.manual_seed(0)
+    inside, outside = torch.randn(30, 8) + 3, torch.randn(200, 8)
+    unseen_shifted = torch.randn(50, 8) + 3
+    other_shift = torch.randn(50, 8) + torch.tensor([3.0, 3, 3, 3, -9, -9, -9, -9])
+    ratio_only = fit_nearest_scope(inside, outside, prefix=0).scope
+    bounded = fit_nearest_scope(inside, outside, prefix=0, radius_scale=1.5).scope
+    assert ratio_only.covers(other_shift).float().mean() > 0.5  # what the radius is for
+    assert bounded.covers(other_shift).float().mean() < 0.05
+    assert bounded.covers(unseen_shifted).float().mean() > 0.8
+    assert not bounded.covers(outside).any() and bounded.covers(inside).all()
+    copy = Scope.empty(bounded.layout())
+    copy.load_state_dict(bounded.state_dict())
+    assert torch.equal(copy.covers(other_shift), bounded.covers(other_shift))
+    legacy = Scope.empty(ratio_only.layout())
+    legacy.load_state_dict(ratio_only.state_dict())
+    assert torch.equal(legacy.covers(other_shift), ratio_only.covers(other_shift))
+    with pytest.raises(InvalidInputError, match="radius scale"):
+        fit_nearest_scope(inside, outside, prefix=0, radius_scale=0.0)
 
 
 def test_keys_are_read_at_the_window_input_for_vit_and_swin(vit, swin):

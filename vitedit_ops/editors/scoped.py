@@ -40,6 +40,7 @@ class ScopedEditor(Editor):
     margin: float | None = None
     avoid_earlier: bool = True
     avoid: torch.Tensor | None = None  # model inputs of other patches made alongside this one
+    radius_scale: float | None = None  # nearest: bound (``scope.fit_nearest_scope``)
     name: str = "scoped"
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
@@ -56,7 +57,7 @@ class ScopedEditor(Editor):
         if self.rule == "nearest":
             fit = fit_nearest_scope(inside_keys, outside_keys, prefix_tokens(model),
                                     margin=0.8 if self.margin is None else self.margin,
-                                    avoid=earlier)
+                                    avoid=earlier, radius_scale=self.radius_scale)
         elif self.rule == "router":
             fit = fit_scope(inside_keys, outside_keys, outside_keys, prefix_tokens(model),
                             margin=self.margin or 0.0, avoid=earlier)
