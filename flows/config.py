@@ -63,7 +63,7 @@ class ScopedSettings(BaseModel):
                                  "preserved score (default 0).")
     avoid_earlier: bool = Field(True, description="Keep the images of earlier scoped patches "
                                 "outside a new scope.")
-    radius_scale: float | None = Field(None, gt=0, description="nearest: a scope also ends "
+    radius_scale: float | None = Field(1.5, gt=0, description="nearest: a scope also ends "
                                        "this many times its images' largest nearest-neighbour "
                                        "distance from them, so a later, unrelated shift stays "
                                        "outside (None: no bound).")

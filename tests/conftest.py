@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,3 +133,22 @@ def mlflow_auth_server() -> str:
 def prefect_server_process() -> Server:
     """A real ``prefect server start`` on loopback with its own PREFECT_HOME in ``.root``."""
     return _server("prefect")
+
+
+@pytest.fixture(scope="session")
+def prefect_test_api() -> Iterator[None]:
+    """One Prefect test server for the session, started by the first test that runs a flow
+    (a fresh one takes ~20 s to start); YAML and pure-function tests never wait for it.
+
+    Its URL is also exported as ``PREFECT_API_URL``, so ``flows.prefect_api`` (the benchmark,
+    the commands) uses it instead of starting a second server: with two Prefect APIs in one
+    process an edit task took the edit slot on one and gave it back on the other, and the
+    next night waited for ever (docs/operations.md)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from vitedit_ops.settings import environment
+
+    with prefect_test_harness(server_startup_timeout=180), \
+            environment({"PREFECT_API_URL": PREFECT_API_URL.value()}):
+        yield

@@ -50,9 +50,9 @@ VARIANTS: tuple[Variant, ...] = (
             note="four jittered copies of every subpopulation image in the scoped edit"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
-    Variant("scopes bounded by a radius", {"scoped": {"radius_scale": 1.5}},
-            note="a scope also ends 1.5 x its images' largest nearest-neighbour distance from "
-                 "them, so a later shift far from every patch's images stays outside"),
+    Variant("scopes without a radius", {"scoped": {"radius_scale": None}},
+            note="the product before the radius: the nearest-ratio rule alone, which covers "
+                 "inputs far from every clean image (later, unrelated shifts)"),
     Variant("scopes, earlier patches not avoided", {"scoped": {"avoid_earlier": False}},
             note="new scopes not trained to keep earlier patches' images out"),
     Variant("localized (paper), groups only",

@@ -14,11 +14,12 @@ from benchmarks.docs import write_section
 
 
 @pytest.mark.slow
-def test_two_nights_of_the_real_loop_are_measured_and_reported(trained_reference, tmp_path):
+def test_two_nights_of_the_real_loop_are_measured_and_reported(trained_reference, tmp_path,
+                                                                prefect_test_api):
     from flows.prefect_api import prefect_api
 
     reference, directory, hypernet = trained_reference
-    with prefect_api():  # starts a Prefect server of its own, as `vitedit-ops bench` does
+    with prefect_api():  # the session's Prefect server, as `vitedit-ops bench` finds one set
         results = run_continual(reference, directory, hypernet, ContinualConfig(quick=True),
                                 tmp_path, log=lambda _msg: None)
     nights = results["nights"]["product"]

@@ -101,15 +101,6 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ["VITEDIT_MLFLOW_TRACKING_URI"] = saved
 
 
-@pytest.fixture(scope="session")
-def prefect_test_api() -> Iterator[None]:
-    """One Prefect test server for the session, started by the first test that runs a flow
-    (a fresh one takes ~20 s to start); YAML and pure-function tests never wait for it."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
 
 @dataclass
 class Night:

@@ -323,6 +323,28 @@ def test_an_edit_slot_no_live_night_holds_costs_a_unit_one_line_not_the_night(
 
 
 @pytest.mark.slow
+def test_a_command_without_a_prefect_api_starts_its_own_server_and_stops_it(tmp_path):
+    """What `vitedit-ops nightly`, `demo` and `bench` do on a fresh machine, in a process of
+    its own with no PREFECT_API_URL: a local `prefect server start` answers, flows in that
+    process use it, and it is gone afterwards."""
+    code = ("import requests\n"
+            "from flows.prefect_api import prefect_api\n"
+            "from prefect.settings import PREFECT_API_URL\n"
+            "with prefect_api() as url:\n"
+            "    assert PREFECT_API_URL.value() == url\n"
+            "    print(url, requests.get(url + '/health', timeout=30).status_code)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    url, status = done.stdout.split()[-2:]
+    assert status == "200" and url.startswith("http://127.0.0.1:")
+    with pytest.raises(Exception):  # noqa: B017 - any connection error: nothing listens
+        import requests
+        requests.get(url + "/health", timeout=5)
+
+
+@pytest.mark.slow
 def test_a_failed_night_prints_one_line_naming_the_problem(prefect_test_api, tmp_path):
     """The real command in its own process, its store unreachable: Prefect's failure reports
     and tracebacks (about 300 lines before) stay in the run's logs; the console gets one line
