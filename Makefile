@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/vitedit-ops demo
 
 # TEST_WORKERS=2 runs two pytest-xdist workers (a module's tests stay on one worker, so its
-# module fixtures are built once). Serial (0) is the default: in the first two-worker run the
-# continual quick test waited forever for a Prefect concurrency slot (docs/operations.md)
+# module fixtures are built once). Serial (0) is the default: two-worker runs hung on the edit
+# slot until each test process used one Prefect API (docs/operations.md); not re-measured since
 TEST_WORKERS ?= 0
 XDIST := -n $(TEST_WORKERS) --dist loadscope
 
