@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vitedit_ops.editors import (OPTIMIZERS, PRODUCT, PRODUCT_SCOPED, editor_options,
                                  list_editors, takes_preserved)
 from vitedit_ops.gate import GateConfig
+from vitedit_ops.scope import RADIUS_SCALE
 
 KEY_PREFIX = "nightly-"
 EditorName = Literal[tuple(list_editors())]  # type: ignore[valid-type]
@@ -63,10 +64,10 @@ class ScopedSettings(BaseModel):
                                  "preserved score (default 0).")
     avoid_earlier: bool = Field(True, description="Keep the images of earlier scoped patches "
                                 "outside a new scope.")
-    radius_scale: float | None = Field(1.5, gt=0, description="nearest: a scope also ends "
-                                       "this many times its images' largest nearest-neighbour "
-                                       "distance from them, so a later, unrelated shift stays "
-                                       "outside (None: no bound).")
+    radius_scale: float | None = Field(
+        RADIUS_SCALE, gt=0, description="nearest: a scope also ends this many times its "
+        "images' largest nearest-neighbour distance from them, so a later, unrelated shift "
+        "stays outside (None: no bound).")
 
     @model_validator(mode="after")
     def _options_of_the_chosen_editor(self) -> ScopedSettings:

@@ -27,6 +27,8 @@ from .sites import EditWindow
 
 MIN_OUTSIDE = 10  # fewer images to keep outside cannot calibrate a threshold
 FOLDS = 5
+RADIUS_SCALE = 1.5  # the product's scope radius (ScopedSettings.radius_scale), measured in
+# docs/BENCHMARKS.md ("Scope radius")
 
 
 def token_mean(hidden: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
@@ -136,6 +138,13 @@ def _nearest_distance(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor
     squared = ((query * query).sum(-1, keepdim=True) - 2 * query @ points.T
                + (points * points).sum(-1)[None])
     return squared.clamp_min(0).min(-1).values.sqrt()
+
+
+def nearest_other(points: torch.Tensor) -> torch.Tensor:
+    """Distance from each row of ``points`` to its nearest *other* row (inf for a lone row)."""
+    distances = torch.cdist(points, points)
+    distances.fill_diagonal_(float("inf"))
+    return distances.min(1).values
 
 
 class NearestScope(Scope):
@@ -249,15 +258,11 @@ def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
         raise InvalidInputError(f"the scope radius scale must be positive, got {radius_scale}")
     whiten = Whitening.fit(outside)
     k, p = whiten(inside), whiten(outside)
-    apart = torch.cdist(p, p)
-    apart.fill_diagonal_(float("inf"))
-    ratio = torch.cdist(p, k).min(1).values / apart.min(1).values.clamp_min(1e-12)
+    ratio = torch.cdist(p, k).min(1).values / nearest_other(p).clamp_min(1e-12)
     negatives = p if avoid is None or len(avoid) == 0 else torch.cat([p, whiten(avoid)])
     radius = None
     if radius_scale is not None and len(k) > 1:
-        spread = torch.cdist(k, k)
-        spread.fill_diagonal_(float("inf"))
-        radius = torch.tensor(radius_scale * float(spread.min(1).values.max()))
+        radius = torch.tensor(radius_scale * float(nearest_other(k).max()))
     scope = NearestScope(whiten.center, whiten.matrix, k, negatives,
                          torch.tensor(margin * float(ratio.min())), prefix, radius)
     return ScopeFit(scope, scope.covers(inside), float(scope.alpha))

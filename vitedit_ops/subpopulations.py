@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .scope import Whitening
+from .scope import Whitening, nearest_other
 
 CLUSTER_SCALE = 2.0
 
@@ -35,9 +35,7 @@ class Manifold:
     def fit(cls, reference_keys: torch.Tensor) -> Manifold:
         whitening = Whitening.fit(reference_keys)
         z = whitening(reference_keys)
-        distances = torch.cdist(z, z)
-        distances.fill_diagonal_(float("inf"))
-        return cls(whitening, z, float(distances.min(1).values.max()))
+        return cls(whitening, z, float(nearest_other(z).max()))
 
     def distance(self, keys: torch.Tensor) -> torch.Tensor:
         """Whitened distance of each key to its nearest reference image."""
@@ -59,8 +57,6 @@ def cluster(keys: torch.Tensor, whitening: Whitening, scale: float = CLUSTER_SCA
     if len(keys) < 2:
         return np.zeros(len(keys), dtype=int)
     z = whitening(keys)
-    distances = torch.cdist(z, z)
-    distances.fill_diagonal_(float("inf"))
-    cut = scale * float(distances.min(1).values.median())
+    cut = scale * float(nearest_other(z).median())
     return AgglomerativeClustering(n_clusters=None, distance_threshold=max(cut, 1e-9),
                                    linkage="average").fit_predict(z.double().numpy())
