@@ -46,6 +46,9 @@ if XDIST_WORKER:
     # two workers on two cores: one compute thread each (torch reads this at import), and
     # for the commands the tests start
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # xdist exports COLUMNS=80 to its workers: a rich console built at import would keep 80
+    # columns whatever a test's CliRunner sets, so workers get the serial run's environment
+    os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(autouse=True)
@@ -107,12 +110,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(server.root, ignore_errors=True)
 
 
-def _server(name: str) -> Server:
+def _server(name: str, timeout: float = 180) -> Server:
+    """Server ``name``, started for the session (or by this xdist worker, which does not see
+    the session's start-up hook), once it answers (within ``timeout`` seconds)."""
     if XDIST_WORKER and name not in _servers:
         root = Path(tempfile.mkdtemp(prefix=f"vitedit-test-{name}-"))
         _servers[name] = SERVERS[name](root, free_port()).launch()
     assert name in _servers, f'mark the test @pytest.mark.server("{name}")'
-    return _servers[name].ready()
+    return _servers[name].ready(timeout)
 
 
 @pytest.fixture(scope="session")
@@ -125,8 +130,7 @@ def mlflow_server_process() -> Server:
 def mlflow_auth_server() -> str:
     """A real ``mlflow server --app-name basic-auth`` on loopback; its admin is
     ``helpers.servers.AUTH_ADMIN``. Returns its URL."""
-    assert "mlflow-auth" in _servers, 'mark the test @pytest.mark.server("mlflow-auth")'
-    return _servers["mlflow-auth"].ready(600).url  # the auth app's start is slow under load
+    return _server("mlflow-auth", 600).url  # the auth app's start is slow under load
 
 
 @pytest.fixture(scope="session")
