@@ -44,10 +44,17 @@ def bench(
     serving: bool = typer.Option(False, "--serving", help="Only the serving benchmark: "
                                  "logger and file-ingest records/s, served vs bare "
                                  "onnxruntime, latency under load, alias swaps."),
+    ceiling: bool = typer.Option(False, "--ceiling", help="Only the generalization ceiling: "
+                                 "how much of each shift one night's labelled images teach "
+                                 "the product's scoped patch, full fine-tuning and a "
+                                 "retrained head."),
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
     if serving:
         _serving(quick, out, write_docs)
+        return
+    if ceiling:
+        _ceiling(quick, out, write_docs)
         return
     if continual:
         _continual(quick, out, tuple(variant), write_docs, merge)
@@ -117,6 +124,31 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
         shutil.copy(out / "img" / "continual-errors.png", DOCS / "img" / "continual-errors.png")
         write_section(DOCS / "BENCHMARKS.md", "continual", (out / "continual.md").read_text())
         shutil.copy(out / "continual.json", DOCS / "continual-results.json")
+        console.print("docs/BENCHMARKS.md updated")
+
+
+def _ceiling(quick: bool, out: Path | None, write_docs: bool | None) -> None:
+    """``bench --ceiling``: benchmarks/ceiling.py alone, its section of docs/BENCHMARKS.md."""
+    import json
+
+    from benchmarks.ceiling import markdown, run_ceiling
+    from benchmarks.docs import write_section
+
+    from ..reference.hypernet import load_reference_with_hypernet
+
+    out = out or Path("bench-results") / datetime.now().strftime("ceiling-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    console.print("loading (or building) the reference model and its hypernetwork ...")
+    reference, hypernet = load_reference_with_hypernet(progress=True)
+    results = run_ceiling(reference, hypernet, quick=quick,
+                          log=lambda msg: console.print(msg, highlight=False))
+    (out / "ceiling.json").write_text(json.dumps(results, indent=2))
+    (out / "ceiling.md").write_text(markdown(results))
+    console.print(markdown(results), highlight=False)
+    console.print(f"results in {out}")
+    if write_docs if write_docs is not None else not quick:
+        write_section(DOCS / "BENCHMARKS.md", "ceiling", markdown(results))
+        shutil.copy(out / "ceiling.json", DOCS / "ceiling-results.json")
         console.print("docs/BENCHMARKS.md updated")
 
 
