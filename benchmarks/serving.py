@@ -400,6 +400,15 @@ def _swaps_under_load(server: Any, home: Path, images: list[bytes], runs: dict[s
                              and not any(s != 200 for s in statuses))}
 
 
+def _stack() -> str:
+    """The HTTP parser and event loop ``serve --http auto --loop auto`` gets here."""
+    import importlib.util
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{parser} + {loop}"
+
+
 def _bench_serving(root: Path, seconds: float) -> dict[str, Any]:
     from registry.base import register_base
     from registry.mlflow_registry import publish_edit
@@ -435,9 +444,18 @@ def _bench_serving(root: Path, seconds: float) -> dict[str, Any]:
             record = _edited(model, spec, suite, suite_inputs, seed,
                              root / f"edit-{seed}.onnx")
             runs[version] = publish_edit(record, uri).run_id
-        server = ServeProcess(MODEL, root / "serve.log", "--poll-interval", "0.5",
-                              env={"VITEDIT_HOME": str(home),
-                                   "VITEDIT_MLFLOW_TRACKING_URI": uri})
+        env = {"VITEDIT_HOME": str(home), "VITEDIT_MLFLOW_TRACKING_URI": uri}
+        # uvicorn's pure-Python stack first (h11 parser, asyncio loop), then what `serve`
+        # runs by default (httptools and uvloop when installed): the lever side by side
+        python_stack = ServeProcess(MODEL, root / "serve-h11.log", "--poll-interval", "0.5",
+                                    "--http", "h11", "--loop", "asyncio", env=env)
+        python_stack.start()
+        try:
+            _closed_loop(python_stack.port, images, 2.0)  # warm-up
+            served_python = _closed_loop(python_stack.port, images, seconds)
+        finally:
+            python_stack.stop()
+        server = ServeProcess(MODEL, root / "serve.log", "--poll-interval", "0.5", env=env)
         port = server.port
         server.start()
         try:
@@ -448,11 +466,15 @@ def _bench_serving(root: Path, seconds: float) -> dict[str, Any]:
             _closed_loop(port, images, 2.0)  # warm-up
             out["bare_onnxruntime"] = _bare_ort(root / "base.onnx", inputs, seconds)
             out["served"] = _closed_loop(port, images, seconds)
+            out["served"]["stack"] = _stack()
+            out["served_h11_asyncio"] = {**served_python, "stack": "h11 + asyncio"}
             out["bare_onnxruntime_after"] = _bare_ort(root / "base.onnx", inputs, seconds)
             bare = statistics.mean([out["bare_onnxruntime"]["images_per_s"],
                                     out["bare_onnxruntime_after"]["images_per_s"]])
             peak = out["served"]["images_per_s"]
             out["served_to_bare_ratio"] = round(peak / bare, 3)
+            out["served_h11_asyncio_to_bare_ratio"] = round(
+                served_python["images_per_s"] / bare, 3)
             out["goal_ratio"] = SERVED_RATIO_GOAL
             out["goal_met"] = out["served_to_bare_ratio"] >= SERVED_RATIO_GOAL
             out["latency"] = {f"{int(level * 100)}%": _open_loop(port, images, level * peak,
@@ -530,8 +552,13 @@ def markdown(results: dict[str, Any]) -> str:
               "| figure | value |", "|---|---|",
               f"| bare onnxruntime, batch {serving['bare_onnxruntime']['batch']} (before, after) "
               f"| {bare[0]:,} / {bare[1]:,} images/s |",
-              f"| `vitedit-ops serve`, 32 clients | {serving['served']['images_per_s']:,} "
-              f"images/s ({serving['served']['failed']} failed) |",
+              f"| `vitedit-ops serve --http h11 --loop asyncio`, 32 clients | "
+              f"{serving['served_h11_asyncio']['images_per_s']:,} images/s "
+              f"({serving['served_h11_asyncio']['failed']} failed); served / bare "
+              f"{serving['served_h11_asyncio_to_bare_ratio']} |",
+              f"| `vitedit-ops serve` ({serving['served']['stack']}), 32 clients | "
+              f"{serving['served']['images_per_s']:,} images/s "
+              f"({serving['served']['failed']} failed) |",
               f"| served / bare (goal >= {serving['goal_ratio']}) | "
               f"**{serving['served_to_bare_ratio']}** |",
               f"| mean images per onnxruntime call | "

@@ -7,9 +7,22 @@ FastAPI, uvicorn, onnxruntime and the stores are imported inside the command.
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Annotated
 
 import typer
+
+
+class HTTPParser(str, Enum):
+    auto = "auto"
+    h11 = "h11"
+    httptools = "httptools"
+
+
+class EventLoop(str, Enum):
+    auto = "auto"
+    asyncio = "asyncio"
+    uvloop = "uvloop"
 
 
 def serve(
@@ -29,6 +42,12 @@ def serve(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes per answer.")] = 3,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="onnxruntime intra-op threads [default: one per core].")] = None,
+    http: Annotated[HTTPParser, typer.Option(
+        "--http", help="HTTP parser: auto takes httptools (C) when installed, else h11.")
+    ] = HTTPParser.auto,
+    loop: Annotated[EventLoop, typer.Option(
+        "--loop", help="Event loop: auto takes uvloop when installed, else asyncio.")
+    ] = EventLoop.auto,
 ) -> None:
     """Serve models:/MODEL@champion over HTTP (POST /predict, POST /feedback, GET /healthz,
     /readyz, /metrics, POST /webhooks/mlflow); follows the alias, verifying every new champion
@@ -52,7 +71,8 @@ def serve(
                         if settings.serve_webhook_secret else None))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False,
+                http=http.value, loop=loop.value)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,11 @@ def test_quick_serving_benchmark_reports_every_figure() -> None:
     serving = result["serving"]
     assert serving["served"]["images_per_s"] > 0 and serving["served"]["failed"] == 0
     assert serving["served_to_bare_ratio"] > 0 and isinstance(serving["goal_met"], bool)
+    # the pure-Python stack, measured beside the default one in the same run
+    python_stack = serving["served_h11_asyncio"]
+    assert python_stack["stack"] == "h11 + asyncio" and python_stack["failed"] == 0
+    assert python_stack["images_per_s"] > 0 and serving["served_h11_asyncio_to_bare_ratio"] > 0
+    assert serving["served"]["stack"] in markdown(result)
     assert set(serving["latency"]) == {"50%", "80%", "100%"}
     swaps = serving["alias_swaps"]
     assert [m["to"] for m in swaps["swaps"]] == ["2", "3", "2"]
