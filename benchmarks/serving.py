@@ -39,7 +39,7 @@ from monitoring.images import ImageStore
 from monitoring.ingest import ingest_file
 from monitoring.logger import PredictionLogger
 from monitoring.store import open_store
-from vitedit_ops.settings import embedded_home
+from .home import bench_home
 
 from .monitoring import _png, _throwaway_pg_database, _write_inputs
 
@@ -431,7 +431,7 @@ def _bench_serving(root: Path, seconds: float) -> dict[str, Any]:
     images = [png_bytes(p) for p in pixels]
     inputs = Preprocessor(spec).normalize(pixels)
     home = root / "serve-home"
-    with embedded_home(home):
+    with bench_home(home):
         uri = get_settings().resolved_mlflow_uri()
         pool = data.locality
         suite = build_suite(home / "suite", model, spec, pool.pixels, pool.labels, pool.ids)

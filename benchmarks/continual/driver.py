@@ -11,10 +11,8 @@ ever served.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +26,13 @@ from flows.nightly import nightly_edit
 from flows.reporting import NightlyResult
 from monitoring import Collector, PredictionLogger, open_image_store, open_store
 from registry import champion, load_version, register_base, register_hypernet
-from registry.signing import use_local_key
 from vitedit_ops.gate import build_suite
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import norm_growth, predict_logits
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference, hypernet_path
-from vitedit_ops.settings import embedded_home, environment
 
+from ..home import bench_home
 from .scenario import World, as_served
 
 MODEL = "digits-vit"
@@ -49,17 +46,6 @@ class Variant:
     edit: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, float] = field(default_factory=dict)
     note: str = ""
-
-
-@contextmanager
-def _home(path: Path) -> Iterator[None]:
-    """Point every store at ``path`` for the duration (settings are read at use), with a
-    signing key of its own when none is configured, as the demo does."""
-    key = "VITEDIT_SIGNING_KEY_FILE"
-    with embedded_home(path, "VITEDIT_REGISTERED_MODEL"), \
-            environment({key: os.environ.get(key)}):  # restored after use_local_key
-        use_local_key(path)
-        yield
 
 
 def _register_lineage(reference: Reference, reference_dir: Path, home: Path) -> str:
@@ -135,7 +121,7 @@ def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHyperne
     """Every night of ``world`` for ``variant``; one row per night."""
     home = workdir / "lineages" / "".join(c if c.isalnum() else "-" for c in variant.name)
     rows: list[dict[str, Any]] = []
-    with _home(home):
+    with bench_home(home, "VITEDIT_REGISTERED_MODEL"):
         uri = _register_lineage(reference, reference_dir, home)
         measure = Measure(world, reference.model, Preprocessor(reference.spec),
                           list(hypernet.config.weight_names))
