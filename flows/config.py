@@ -52,8 +52,10 @@ class ScopedSettings(BaseModel):
     max_units: int = Field(4, ge=1, description="Largest subpopulations edited per night.")
     max_edit_images: int | None = Field(64, ge=1, description="Edit images per subpopulation "
                                         "(cap; the rest are held out).")
-    heldout_fraction: float = Field(0.5, ge=0, lt=1, description="Share of a subpopulation's "
-                                    "errors kept out of its edit to measure generalization.")
+    heldout_fraction: float = Field(0.25, ge=0, lt=1, description="Share of a "
+                                    "subpopulation's errors kept out of its edit to measure "
+                                    "generalization (a quarter: one night's images are few, "
+                                    "and each one edited teaches the patch more).")
     cluster_scale: float = Field(2.0, gt=0, description="Clusters are cut at this many times "
                                  "their median nearest-neighbour distance.")
     rule: Literal["nearest", "router"] = Field(

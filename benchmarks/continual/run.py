@@ -48,9 +48,9 @@ VARIANTS: tuple[Variant, ...] = (
             note="the same number of units inside the scope, chosen at random"),
     Variant("scopes, jittered copies", {"scoped": {"jitter_copies": 4}},
             note="four jittered copies of every subpopulation image in the scoped edit"),
-    Variant("scopes, a quarter held out", {"scoped": {"heldout_fraction": 0.25}},
-            note="three quarters of a subpopulation's errors edited, a quarter held out to "
-                 "judge it (the product: half and half)"),
+    Variant("scopes, half held out", {"scoped": {"heldout_fraction": 0.5}},
+            note="the product before a quarter: half of a subpopulation's errors edited, "
+                 "half held out to judge it"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},

@@ -44,6 +44,8 @@ def bench(
     serving: bool = typer.Option(False, "--serving", help="Only the serving benchmark: "
                                  "logger and file-ingest records/s, served vs bare "
                                  "onnxruntime, latency under load, alias swaps."),
+    seed: int = typer.Option(0, "--seed", help="With --continual or --ceiling: the "
+                             "scenario's seed (which images each day serves)."),
     ceiling: bool = typer.Option(False, "--ceiling", help="Only the generalization ceiling: "
                                  "how much of each shift one night's labelled images teach "
                                  "the product's scoped patch, full fine-tuning and a "
@@ -54,10 +56,10 @@ def bench(
         _serving(quick, out, write_docs)
         return
     if ceiling:
-        _ceiling(quick, out, write_docs)
+        _ceiling(quick, out, write_docs, seed)
         return
     if continual:
-        _continual(quick, out, tuple(variant), write_docs, merge)
+        _continual(quick, out, tuple(variant), write_docs, merge, seed)
         return
     # benchmarks/ is a top-level package outside the engine: imported only when bench runs
     from benchmarks.docs import write_section
@@ -90,7 +92,7 @@ def bench(
 
 
 def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
-               write_docs: bool | None, merge: list[Path]) -> None:
+               write_docs: bool | None, merge: list[Path], seed: int = 0) -> None:
     """``bench --continual``: every variant through the nights of the scenario (or, with
     ``--merge``, one report from runs already made)."""
     from benchmarks.continual.run import (ContinualConfig, merge_results, run_continual,
@@ -108,7 +110,7 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
     else:
         console.print("loading (or building) the reference model and its hypernetwork ...")
         reference, hypernet = load_reference_with_hypernet(progress=True)
-        config = ContinualConfig(quick=quick, variants=variants)
+        config = ContinualConfig(quick=quick, variants=variants, seed=seed)
         with prefect_api():
             results = run_continual(reference, get_settings().reference_dir, hypernet, config,
                                     out, log=lambda msg: console.print(msg, highlight=False))
@@ -127,7 +129,7 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
         console.print("docs/BENCHMARKS.md updated")
 
 
-def _ceiling(quick: bool, out: Path | None, write_docs: bool | None) -> None:
+def _ceiling(quick: bool, out: Path | None, write_docs: bool | None, seed: int = 0) -> None:
     """``bench --ceiling``: benchmarks/ceiling.py alone, its section of docs/BENCHMARKS.md."""
     import json
 
@@ -140,7 +142,7 @@ def _ceiling(quick: bool, out: Path | None, write_docs: bool | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     console.print("loading (or building) the reference model and its hypernetwork ...")
     reference, hypernet = load_reference_with_hypernet(progress=True)
-    results = run_ceiling(reference, hypernet, quick=quick,
+    results = run_ceiling(reference, hypernet, quick=quick, seed=seed,
                           log=lambda msg: console.print(msg, highlight=False))
     (out / "ceiling.json").write_text(json.dumps(results, indent=2))
     (out / "ceiling.md").write_text(markdown(results))
