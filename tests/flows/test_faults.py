@@ -344,6 +344,40 @@ def test_a_command_without_a_prefect_api_starts_its_own_server_and_stops_it(tmp_
         requests.get(url + "/health", timeout=5)
 
 
+def test_a_prefect_server_that_does_not_answer_in_time_is_one_line_and_exit_4(tmp_path):
+    """Issue 12's `make demo`/`nightly` under load ("Timed out while attempting to connect to
+    ephemeral Prefect API server", 190 lines): the real command starts a real local server,
+    allowed less time than any start-up takes here; the console gets one line naming the
+    setting that waits longer, exit code 4, and the server is stopped."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+           "VITEDIT_HOME": str(tmp_path / "home"), "VITEDIT_PREFECT_STARTUP_TIMEOUT": "0.2"}
+    command = [str(Path(sys.executable).parent / "vitedit-ops"), "nightly", "--model", "m"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 4, output[-40:]
+    assert len(output) == 1 and "Traceback" not in done.stderr, output[-40:]
+    assert "the local Prefect server did not answer within" in output[0], output
+    assert "VITEDIT_PREFECT_STARTUP_TIMEOUT" in output[0], output
+    log = Path(output[0].rsplit("log: ", 1)[1].rstrip(")"))
+    assert not log.parent.exists()  # its private PREFECT_HOME went with it
+
+
+def test_an_unknown_editor_is_refused_before_any_night_starts(tmp_path):
+    """Issue 12: `--edit method=bogus` ran the whole flow, printed 8 tracebacks and exited 0.
+    Now the real command refuses it at once (the settings are validated before a Prefect
+    server or a store is touched): one line naming the setting, exit 2."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+           "VITEDIT_HOME": str(tmp_path / "home")}
+    for bad, named in (("method=bogus", "method"), ("optimizer=lbfgs", "optimizer")):
+        command = [str(Path(sys.executable).parent / "vitedit-ops"), "nightly", "--model", "m",
+                   "--edit", bad]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        output = (done.stdout + done.stderr).strip().splitlines()
+        assert done.returncode == 2, output[-40:]
+        assert len(output) == 1 and f"bad --edit {named}" in output[0], output
+        assert "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 def test_a_failed_night_prints_one_line_naming_the_problem(prefect_test_api, tmp_path):
     """The real command in its own process, its store unreachable: Prefect's failure reports
