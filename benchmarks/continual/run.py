@@ -51,6 +51,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("scopes, half held out", {"scoped": {"heldout_fraction": 0.5}},
             note="the product before a quarter: half of a subpopulation's errors edited, "
                  "half held out to judge it"),
+    Variant("scopes, six units a night", {"scoped": {"max_units": 6}},
+            note="the six largest subpopulations edited each night (the product: four)"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},
