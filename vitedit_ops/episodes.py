@@ -1,9 +1,10 @@
 """Pseudo edit episodes for meta-training: where the model's view of an image is disturbed.
 
 CutMix pastes a patch-grid-aligned rectangle of image B into image A; the episode asks the
-edited model to predict on the mixed image what the frozen model predicted on clean A. No
-labels are needed. Other episode kinds (e.g. a PGD-style adversarial perturbation, the paper's
-ablation) register under their own name and are drawn the same way.
+edited model to predict on the mixed image what the frozen model predicted on clean A. PGD
+(the paper's Fig. 6a alternative) perturbs A within an L-inf ball by projected gradient ascent
+until the frozen model's prediction moves, and asks for the clean prediction back. No labels
+are needed. Each kind registers under its own name and is drawn the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidInputError
@@ -95,3 +97,44 @@ def _side(cells: int, lo: float, hi: float, generator: torch.Generator) -> int:
     low = max(1, round(lo * cells))
     high = max(low, min(cells, round(hi * cells)))
     return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+@register_episodes("pgd")
+class PGDEpisodes:
+    """PGD episodes: ``steps`` signed-gradient steps of size ``2.5 * epsilon / steps`` from a
+    random start, each projected back onto the L-inf ball of radius ``epsilon`` (model input
+    units) around the clean image, raising the frozen model's cross-entropy for its own clean
+    prediction. The disturbance is spread over the whole image, not one rectangle: which FFN
+    units repair it is what the hypernetwork then learns from."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, epsilon: float = 0.1,
+                 steps: int = 10) -> None:
+        if len(images) < 1:
+            raise InvalidInputError("meta-training needs at least 1 unlabeled image")
+        if not epsilon > 0 or steps < 1:
+            raise InvalidInputError(f"PGD episodes need epsilon > 0 and steps >= 1, got "
+                                    f"{epsilon} and {steps}")
+        self.model, self.images = model, images
+        self.epsilon, self.steps = epsilon, steps
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
+        clean = self.images[torch.randint(len(self.images), (batch_size,), generator=generator)]
+        device = next(self.model.parameters()).device
+        x = clean.to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                target = self.model(x).argmax(-1)
+            start = (torch.rand(clean.shape, generator=generator) * 2 - 1) * self.epsilon
+            delta = start.to(device)
+            step = 2.5 * self.epsilon / self.steps
+            for _ in range(self.steps):
+                delta.requires_grad_(True)
+                with torch.enable_grad():
+                    loss = F.cross_entropy(self.model(x + delta), target)
+                    grad, = torch.autograd.grad(loss, delta)
+                delta = (delta.detach() + step * grad.sign()).clamp(-self.epsilon, self.epsilon)
+        finally:
+            self.model.train(was_training)
+        return EpisodeBatch(mixed=(x + delta).detach().cpu(), clean=clean)

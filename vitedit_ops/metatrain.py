@@ -38,6 +38,9 @@ CHECKPOINT_NAME = "metatrain-checkpoint.pt"
 LOG_NAME = "metatrain-log.jsonl"
 
 
+EPISODE_OPTION_PREFIXES = ("cutmix_", "pgd_")  # MetaTrainConfig fields of one episode kind
+
+
 @dataclass
 class MetaTrainConfig:
     """Meta-training settings; defaults follow the paper except where noted."""
@@ -55,20 +58,38 @@ class MetaTrainConfig:
     hypernet_steps: int = 1
     second_order: bool = False   # differentiate through the inner gradients (costly)
     vectorized: bool = True
-    episodes: str = "cutmix"
+    episodes: str = "cutmix"     # or "pgd" (the paper's Fig. 6a ablation)
     cutmix_min_frac: float = 0.2
     cutmix_max_frac: float = 0.6
+    pgd_epsilon: float = 0.1     # L-inf radius in model input units
+    pgd_steps: int = 10
     hypernet_width: int | None = None
     hypernet_depth: int = 3
     hypernet_heads: int = 4
     seed: int = 0
     checkpoint_every: int = 50
 
+    def settings(self) -> dict[str, Any]:
+        """Every setting but the options of episode kinds not in use, so that adding a kind
+        changes neither an existing fingerprint nor a cached hypernetwork's match."""
+        return {k: v for k, v in asdict(self).items()
+                if not k.startswith(EPISODE_OPTION_PREFIXES)
+                or k.startswith(f"{self.episodes}_")}
+
     def fingerprint(self) -> str:
         """Settings that change results (not bookkeeping) -> checkpoint compatibility."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("iterations",
-                                                                     "checkpoint_every")}
+        data = {k: v for k, v in self.settings().items() if k not in ("iterations",
+                                                                        "checkpoint_every")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _episode_options(config: MetaTrainConfig, model: nn.Module, images: torch.Tensor
+                     ) -> dict[str, Any]:
+    """The settings of the configured episode kind."""
+    if config.episodes == "pgd":
+        return {"epsilon": config.pgd_epsilon, "steps": config.pgd_steps}
+    return {"grid": patch_grid(model, tuple(images.shape[1:])),
+            "min_frac": config.cutmix_min_frac, "max_frac": config.cutmix_max_frac}
 
 
 @dataclass
@@ -227,9 +248,7 @@ def meta_train(model: nn.Module, images: torch.Tensor, config: MetaTrainConfig |
         split = SplitForward(model, window.sites[0].block_path)
         split.verify(images[:2])
         sampler = create_episodes(config.episodes, model=model, images=images,
-                                  grid=patch_grid(model, tuple(images.shape[1:])),
-                                  min_frac=config.cutmix_min_frac,
-                                  max_frac=config.cutmix_max_frac)
+                                  **_episode_options(config, model, images))
         for iteration in range(start, config.iterations):
             batch = sampler(config.batch_size, generator)
             batch = EpisodeBatch(batch.mixed.to(device), batch.clean.to(device))
@@ -258,7 +277,7 @@ def meta_train(model: nn.Module, images: torch.Tensor, config: MetaTrainConfig |
             if on_iteration is not None:
                 on_iteration(iteration + 1, config.iterations, entry)
     hypernet.eval()
-    hypernet.config.training = {**asdict(config), "final": log[-1] if log else {}}
+    hypernet.config.training = {**config.settings(), "final": log[-1] if log else {}}
     if out is not None:
         hypernet.save(out)
     return MetaTrainResult(hypernet=hypernet, log=log, resumed_from=resumed_from)

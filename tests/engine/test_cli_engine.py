@@ -160,6 +160,15 @@ def test_meta_train_command_writes_a_hypernetwork(workspace, capsys):
                      "--batch-size", 2, "--out", tmp / "hn"], capsys)
     assert code == 0, out
     assert (tmp / "hn" / "hypernet.safetensors").is_file()
+    code, out = run(["meta-train", "--checkpoint", ckpt, "--images", folder, "--iterations", 2,
+                     "--batch-size", 2, "--episodes", "pgd", "--out", tmp / "pgd"], capsys)
+    assert code == 0, out
+    from vitedit_ops.hypernet import MaskHypernet
+
+    assert MaskHypernet.load(tmp / "pgd").config.training["episodes"] == "pgd"
+    code, out = run(["meta-train", "--checkpoint", ckpt, "--images", folder, "--episodes",
+                     "bogus"], capsys)
+    assert code == 2 and "unknown episode kind 'bogus'" in out, out
 
 
 @pytest.mark.parametrize("command", [

@@ -106,3 +106,39 @@ def test_resuming_with_other_settings_is_refused_as_bad_input(tmp_path):
     other = MetaTrainConfig(**{**FAST, "inner_steps": 3}, checkpoint_every=1)
     with pytest.raises(InvalidInputError, match="other meta-training settings"):
         meta_train(model, images, other, out_dir=out)
+
+
+def test_pgd_episodes_stay_in_their_ball_and_move_the_frozen_prediction():
+    """The paper's gradient-based episodes: every perturbation within epsilon of its clean
+    image (L-inf), and the frozen model's prediction moved on more images than random noise
+    of the same size moves it."""
+    from vitedit_ops.episodes import PGDEpisodes
+
+    model = tiny_vit().eval()
+    images = _images(32)
+    batch = PGDEpisodes(model, images, epsilon=0.5, steps=10)(32, torch.Generator().manual_seed(0))
+    assert batch.mixed.shape == batch.clean.shape
+    assert float((batch.mixed - batch.clean).abs().max()) <= 0.5 + 1e-6
+    with torch.no_grad():
+        clean = model(batch.clean).argmax(-1)
+        moved = (model(batch.mixed).argmax(-1) != clean).float().mean()
+        noise = batch.clean + 0.5 * torch.sign(torch.randn(batch.clean.shape,
+                                                            generator=torch.Generator().manual_seed(1)))
+        by_noise = (model(noise).argmax(-1) != clean).float().mean()
+    assert moved > by_noise and moved >= 0.5
+    assert all(p.grad is None for p in model.parameters())  # the model is only read
+
+
+def test_meta_training_on_pgd_episodes_runs_and_records_its_kind(tmp_path):
+    """``episodes="pgd"`` trains a hypernetwork; its settings record the kind and its own
+    options only, so a CutMix config's fingerprint is what it was before PGD existed."""
+    model = tiny_vit()
+    config = MetaTrainConfig(**FAST, episodes="pgd", pgd_epsilon=0.5, pgd_steps=3)
+    result = meta_train(model, _images(), config, out_dir=tmp_path / "h")
+    training = result.hypernet.config.training
+    assert training["episodes"] == "pgd" and training["pgd_steps"] == 3
+    assert "cutmix_min_frac" not in training
+    cutmix = MetaTrainConfig(**FAST).settings()
+    assert not any(k.startswith("pgd_") for k in cutmix) and "cutmix_min_frac" in cutmix
+    with pytest.raises(Exception, match="episode kind"):
+        meta_train(model, _images(), MetaTrainConfig(**FAST, episodes="bogus"))

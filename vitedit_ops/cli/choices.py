@@ -35,5 +35,12 @@ def _optimizers() -> list[str]:
     return list(OPTIMIZERS)
 
 
+def _episode_kinds() -> list[str]:
+    from ..episodes import EPISODES
+
+    return EPISODES.names()
+
+
 EDITOR = one_of("editor", _editors)
+EPISODE_KIND = one_of("episode kind", _episode_kinds)
 OPTIMIZER = one_of("optimizer", _optimizers)

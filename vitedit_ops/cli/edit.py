@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import InvalidInputError
 from .model_options import Arch, DataArg, ModelArg, ModelConfig, describe, load
-from .choices import EDITOR, OPTIMIZER
+from .choices import EDITOR, EPISODE_KIND, OPTIMIZER
 
 PRODUCT_METHOD = "localized"  # checked against editors.PRODUCT by the CLI tests
 
@@ -138,6 +138,9 @@ def meta_train(
     batch_size: int = typer.Option(8, help="Episodes per batch."),
     inner_lr: float = typer.Option(1e-2, help="Inner masked-step learning rate."),
     window: str | None = typer.Option(None, help="FFN blocks START-END (default ~3/4 depth)."),
+    episodes: str = typer.Option("cutmix", parser=EPISODE_KIND, help="Pseudo edit episodes: "
+                                         "cutmix (the paper's default) or pgd (adversarial "
+                                         "perturbations, its Fig. 6a ablation)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Meta-train the mask hypernetwork for a base model (once per base model)."""
@@ -151,7 +154,7 @@ def meta_train(
     model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     inputs = Preprocessor(spec).from_files(image_paths([], images))
     config = MetaTrainConfig(iterations=iterations, batch_size=batch_size, inner_lr=inner_lr,
-                             seed=seed)
+                             episodes=episodes, seed=seed)
     out = out or checkpoint.parent / "hypernet"
     with Progress(TextColumn("meta-train"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total} bce={task.fields[bce]:.4f}"), TimeRemainingColumn(),

@@ -7,7 +7,6 @@ rebuilt when its meta-training settings change (they are recorded in its config)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ def metatrain_settings_match(directory: Path, model: nn.Module,
     if tuple(hypernet.config.window) != (window.start, window.end):
         return False
     trained = hypernet.config.training
-    return all(trained.get(k) == v for k, v in asdict(config).items()
+    return all(trained.get(k) == v for k, v in config.settings().items()
                if k != "checkpoint_every")
 
 
