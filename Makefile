@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/vitedit-ops demo
 
 # Two pytest-xdist workers by default, one per core (a module's tests stay on one worker, so
-# its module fixtures are built once): 743-745 tests took 11 min 8 s to 12 min 6 s (three runs) on a quiet 2-core
-# machine, against 23 min serial. TEST_WORKERS=0 runs it serially.
+# its module fixtures are built once): 743-745 tests took 11 min 8 s to 12 min 6 s in three
+# quiet runs on 2 cores, against 23 min serial. TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadscope
 
