@@ -6,9 +6,9 @@ on the same data. For each shift kind of the continual scenario it takes the fir
 kind is served (the same requests, the same base), holds out part of the base's errors, and
 fits several learners on the rest plus the shift's confirmed-correct images:
 
-- the product's scoped patch (``PRODUCT_SCOPED`` inside a nearest scope with the product's
-  radius, fitted against the lineage's preserved pool), at the product's held-out share
-  (``ScopedSettings.heldout_fraction``) and at half;
+- the product's scoped patch (``ScopedSettings()``: the recipe and the nearest scope the nightly
+  ships, fitted against the lineage's preserved pool), at the product's held-out share and at
+  half; the day's shifted images are one unit here, where the nightly would cluster them;
 - full fine-tuning of the whole model on the same images plus as many clean replay images
   with the base's predictions as targets (the retraining peer's recipe), unscoped;
 - a logistic-regression head on the base's pre-logits, trained on the same images: what
@@ -35,19 +35,19 @@ import torch
 from torch import nn
 
 from flows.config import ScopedSettings
-from vitedit_ops.editors import PRODUCT_SCOPED, ScopedEditor, create_editor
+from vitedit_ops.editors import ScopedEditor, create_editor
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference
-from vitedit_ops.scope import RADIUS_SCALE
 
 from .continual.scenario import QUICK_DAYS, Scenario, World, as_served
 
 GENERALIZATION_MIN = 0.5  # the unit floor (EditSettings.group_generalization_min)
 FULL_FT = {"lr": 3e-5, "max_steps": 200, "ce_target": 0.05}  # the retraining peer's recipe
 QUICK_STEPS = 20  # full fine-tuning's step limit in a --quick run
-HELDOUT = ScopedSettings().heldout_fraction  # every learner's split but HALF's
+SCOPED = ScopedSettings()  # what the nightly flow ships for subpopulations
+HELDOUT = SCOPED.heldout_fraction  # every learner's split but HALF's
 PRODUCT = f"scoped patch (product, {HELDOUT:.0%} held out)"
 HALF = "scoped patch, half held out"
 RETRAIN = "full fine-tuning + clean replay, unscoped"
@@ -66,6 +66,7 @@ class NightData:
     heldout_labels: torch.Tensor
     evaluation: torch.Tensor
     evaluation_labels: torch.Tensor
+    evaluation_errors: int  # the base's, on the never-served images
 
 
 def night_data(world: World, day: int, model: nn.Module, normalize: Callable,
@@ -83,15 +84,19 @@ def night_data(world: World, day: int, model: nn.Module, normalize: Callable,
     held = errors[:int(round(len(errors) * heldout_fraction))]
     edit = torch.cat([errors[len(held):], torch.nonzero(~wrong).flatten()])
     evaluation, evaluation_labels = world.evaluation_set(kind)
+    evaluation = normalize(evaluation)
+    base_errors = int((predict_logits(model, evaluation).argmax(-1) != evaluation_labels).sum())
     return NightData(kind, inputs[edit], labels[edit], inputs[held], labels[held],
-                     normalize(evaluation), evaluation_labels)
+                     evaluation, evaluation_labels, base_errors)
 
 
 def _scoped(model: nn.Module, hypernet: MaskHypernet, outside: torch.Tensor,
             data: NightData) -> Callable[[torch.Tensor], torch.Tensor]:
-    inner = create_editor(PRODUCT_SCOPED.method, hypernet=hypernet, **PRODUCT_SCOPED.options)
+    # the scope and the recipe inside it as the nightly flow builds them (flows/edits.py)
+    inner = create_editor(SCOPED.method, hypernet=hypernet, **SCOPED.editor_options())
     editor = ScopedEditor(inner=inner, window=hypernet.window(model), outside=outside,
-                          radius_scale=RADIUS_SCALE)
+                          rule=SCOPED.rule, margin=SCOPED.margin,
+                          avoid_earlier=SCOPED.avoid_earlier, radius_scale=SCOPED.radius_scale)
     edited = copy.deepcopy(model)
     editor.edit(edited, data.edit, data.edit_labels).patch.apply(edited)
     return lambda x: predict_logits(edited, x).argmax(-1)
@@ -103,7 +108,8 @@ def _retrained(model: nn.Module, replay: torch.Tensor, data: NightData, steps: i
     images = torch.cat([data.edit, clean])
     labels = torch.cat([data.edit_labels, predict_logits(model, clean).argmax(-1)])
     edited = copy.deepcopy(model)
-    create_editor("full_ft", **{**FULL_FT, "max_steps": steps}).edit(edited, images, labels).patch.apply(edited)
+    editor = create_editor("full_ft", **{**FULL_FT, "max_steps": steps})
+    editor.edit(edited, images, labels).patch.apply(edited)
     return lambda x: predict_logits(edited, x).argmax(-1)
 
 
@@ -120,15 +126,14 @@ def _head(model: nn.Module, data: NightData) -> Callable[[torch.Tensor], torch.T
     return lambda x: torch.as_tensor(clf.predict(features(x)))
 
 
-def measure(predict: Callable[[torch.Tensor], torch.Tensor], base: nn.Module,
-            data: NightData, clean: torch.Tensor, clean_base: torch.Tensor) -> dict[str, Any]:
-    base_eval = predict_logits(base, data.evaluation).argmax(-1)
+def measure(predict: Callable[[torch.Tensor], torch.Tensor], data: NightData,
+            clean: torch.Tensor, clean_base: torch.Tensor) -> dict[str, Any]:
     after_eval = predict(data.evaluation)
     fixed = (predict(data.heldout) == data.heldout_labels).float().mean() \
         if len(data.heldout) else torch.tensor(float("nan"))
     return {"edit_images": len(data.edit), "heldout_errors": len(data.heldout),
             "heldout_fixed": float(fixed),
-            "eval_errors_before": int((base_eval != data.evaluation_labels).sum()),
+            "eval_errors_before": data.evaluation_errors,
             "eval_errors_after": int((after_eval != data.evaluation_labels).sum()),
             "clean_agreement": float((predict(clean) == clean_base).float().mean())}
 
@@ -148,9 +153,10 @@ def run_ceiling(reference: Reference, hypernet: MaskHypernet, quick: bool = Fals
     rows = []
     for kind in scenario.kinds:
         day = scenario.days.index(kind)
+        splits = {fraction: night_data(world, day, model, normalize, fraction, seed)
+                  for fraction in {HELDOUT, 0.5}}  # one per split, shared by the learners
         for learner in learners:
-            fraction = 0.5 if learner == HALF else HELDOUT
-            data = night_data(world, day, model, normalize, fraction, seed)
+            data = splits[0.5 if learner == HALF else HELDOUT]
             t = time.perf_counter()
             if learner in (PRODUCT, HALF):
                 predict = _scoped(model, hypernet, outside, data)
@@ -160,7 +166,7 @@ def run_ceiling(reference: Reference, hypernet: MaskHypernet, quick: bool = Fals
             else:
                 predict = _head(model, data)
             row = {"kind": kind, "learner": learner,
-                   **measure(predict, model, data, clean, clean_base),
+                   **measure(predict, data, clean, clean_base),
                    "seconds": round(time.perf_counter() - t, 2)}
             log(f"ceiling: {kind} / {learner}: fixes {row['heldout_fixed']:.0%} of "
                 f"{row['heldout_errors']} held-out errors, never-served errors "
@@ -201,7 +207,8 @@ def markdown(results: dict[str, Any]) -> str:
         f" min; {results['machine']['platform']}, torch threads "
         f"{results['machine']['torch_threads']}). Each shift kind's first served day of the "
         "continual scenario: the base's errors split into edit and held-out images, the "
-        "confirmed-correct shifted images added to the edit images; every learner sees the "
+        "confirmed-correct shifted images added to the edit images, the whole shift one unit "
+        "(the nightly clusters it into subpopulations); every learner sees the "
         "same images. `fixed` is the share of held-out errors a learner fixes (a unit ships "
         f"at >= {results['generalization_min']:.0%}); `errors` are those left on the kind's "
         "never-served evaluation images. The head is fitted on shifted images alone and "

@@ -16,32 +16,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from benchmarks.run import BenchConfig, run_benchmark
 from vitedit_ops.hypernet import MaskHypernet
-from vitedit_ops.metatrain import meta_train
-from vitedit_ops.preprocess import Preprocessor
-from vitedit_ops.reference.hypernet import (REFERENCE_METATRAIN, load_reference_with_hypernet,
-                                            reference_window)
-from vitedit_ops.settings import get_settings
+from vitedit_ops.reference.hypernet import (REFERENCE_METATRAIN, hypernet_builder,
+                                            load_reference_with_hypernet)
 
 
 def main(out: Path, families: tuple[str, ...]) -> None:
     reference, cutmix = load_reference_with_hypernet()
-    model, spec = reference.model, reference.spec
     started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the reference's own hypernetwork was trained
-    try:
-        meta_train(model, Preprocessor(spec).normalize(reference.data.train.pixels),
-                   replace(REFERENCE_METATRAIN, episodes="pgd"),
-                   window=reference_window(model, get_settings().reference_dir),
-                   out_dir=out / "pgd-hypernet", architecture=spec.architecture)
-    finally:
-        torch.set_num_threads(threads)
+    # the reference's own builder (same images, one thread, its window), episodes swapped
+    hypernet_builder(replace(REFERENCE_METATRAIN, episodes="pgd"))(
+        reference.model, reference.spec, reference.data, out / "pgd-hypernet")
     print(f"PGD meta-training: {time.perf_counter() - started:.0f} s", flush=True)
     pgd = MaskHypernet.load(out / "pgd-hypernet")
+    if tuple(pgd.config.window) != tuple(cutmix.config.window):
+        raise SystemExit(f"the PGD hypernetwork's window {pgd.config.window} is not the "
+                         f"reference's {cutmix.config.window}")
     config = BenchConfig(families=families, include_cost=False, include_components=False)
     for name, hypernet in (("cutmix", cutmix), ("pgd", pgd)):
         run_benchmark(reference, hypernet, config, out / name, log=lambda _m: None)

@@ -34,9 +34,18 @@ EPISODES: Registry[Callable[..., EpisodeSampler]] = Registry("episode kind")
 register_episodes = EPISODES.register
 
 
-def create_episodes(name: str, **kwargs: Any) -> EpisodeSampler:
-    """The sampler of episode kind ``name``, built with ``kwargs``."""
-    return EPISODES.get(name)(**kwargs)
+def episodes_from_config(config: Any, model: nn.Module, images: torch.Tensor) -> EpisodeSampler:
+    """The sampler of ``config.episodes``, built from that kind's own fields of ``config``
+    (``<kind>_<option>``, e.g. ``pgd_epsilon``)."""
+    prefix = f"{config.episodes}_"
+    options = {k.removeprefix(prefix): v for k, v in vars(config).items()
+               if k.startswith(prefix)}
+    return EPISODES.get(config.episodes).from_options(model, images, **options)
+
+
+def option_prefixes() -> tuple[str, ...]:
+    """Config-field prefixes of every registered episode kind."""
+    return tuple(f"{name}_" for name in EPISODES.names())
 
 
 def patch_grid(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
@@ -63,6 +72,12 @@ class CutMixEpisodes:
         self.model, self.images, self.grid = model, images, grid
         self.min_frac, self.max_frac = min_frac, max_frac
         self.prefer_changed, self.oversample = prefer_changed, oversample
+
+    @classmethod
+    def from_options(cls, model: nn.Module, images: torch.Tensor, min_frac: float,
+                     max_frac: float) -> CutMixEpisodes:
+        return cls(model, images, patch_grid(model, tuple(images.shape[1:])), min_frac,
+                   max_frac)
 
     def _mix(self, count: int, generator: torch.Generator) -> EpisodeBatch:
         n = len(self.images)
@@ -116,6 +131,11 @@ class PGDEpisodes:
                                     f"{epsilon} and {steps}")
         self.model, self.images = model, images
         self.epsilon, self.steps = epsilon, steps
+
+    @classmethod
+    def from_options(cls, model: nn.Module, images: torch.Tensor, epsilon: float,
+                     steps: int) -> PGDEpisodes:
+        return cls(model, images, epsilon, steps)
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
         clean = self.images[torch.randint(len(self.images), (batch_size,), generator=generator)]

@@ -29,16 +29,13 @@ from torch import nn
 
 from .editors.base import frozen
 from .errors import InvalidInputError
-from .episodes import EpisodeBatch, create_episodes, patch_grid
+from .episodes import EpisodeBatch, episodes_from_config, option_prefixes
 from .forward import SplitForward, pooled_embedding
 from .hypernet import MASK_SHARPNESS, MaskHypernet, new_hypernet
 from .sites import EditWindow, edit_window
 
 CHECKPOINT_NAME = "metatrain-checkpoint.pt"
 LOG_NAME = "metatrain-log.jsonl"
-
-
-EPISODE_OPTION_PREFIXES = ("cutmix_", "pgd_")  # MetaTrainConfig fields of one episode kind
 
 
 @dataclass
@@ -73,7 +70,7 @@ class MetaTrainConfig:
         """Every setting but the options of episode kinds not in use, so that adding a kind
         changes neither an existing fingerprint nor a cached hypernetwork's match."""
         return {k: v for k, v in asdict(self).items()
-                if not k.startswith(EPISODE_OPTION_PREFIXES)
+                if not k.startswith(option_prefixes())
                 or k.startswith(f"{self.episodes}_")}
 
     def fingerprint(self) -> str:
@@ -81,15 +78,6 @@ class MetaTrainConfig:
         data = {k: v for k, v in self.settings().items() if k not in ("iterations",
                                                                         "checkpoint_every")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _episode_options(config: MetaTrainConfig, model: nn.Module, images: torch.Tensor
-                     ) -> dict[str, Any]:
-    """The settings of the configured episode kind."""
-    if config.episodes == "pgd":
-        return {"epsilon": config.pgd_epsilon, "steps": config.pgd_steps}
-    return {"grid": patch_grid(model, tuple(images.shape[1:])),
-            "min_frac": config.cutmix_min_frac, "max_frac": config.cutmix_max_frac}
 
 
 @dataclass
@@ -247,8 +235,7 @@ def meta_train(model: nn.Module, images: torch.Tensor, config: MetaTrainConfig |
     with frozen(model):
         split = SplitForward(model, window.sites[0].block_path)
         split.verify(images[:2])
-        sampler = create_episodes(config.episodes, model=model, images=images,
-                                  **_episode_options(config, model, images))
+        sampler = episodes_from_config(config, model, images)
         for iteration in range(start, config.iterations):
             batch = sampler(config.batch_size, generator)
             batch = EpisodeBatch(batch.mixed.to(device), batch.clean.to(device))

@@ -140,5 +140,7 @@ def test_meta_training_on_pgd_episodes_runs_and_records_its_kind(tmp_path):
     assert "cutmix_min_frac" not in training
     cutmix = MetaTrainConfig(**FAST).settings()
     assert not any(k.startswith("pgd_") for k in cutmix) and "cutmix_min_frac" in cutmix
-    with pytest.raises(Exception, match="episode kind"):
+    from vitedit_ops.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="unknown episode kind 'bogus'"):
         meta_train(model, _images(), MetaTrainConfig(**FAST, episodes="bogus"))

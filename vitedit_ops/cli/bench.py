@@ -131,10 +131,7 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
 
 def _ceiling(quick: bool, out: Path | None, write_docs: bool | None, seed: int = 0) -> None:
     """``bench --ceiling``: benchmarks/ceiling.py alone, its section of docs/BENCHMARKS.md."""
-    import json
-
     from benchmarks.ceiling import markdown, run_ceiling
-    from benchmarks.docs import write_section
 
     from ..reference.hypernet import load_reference_with_hypernet
 
@@ -144,33 +141,36 @@ def _ceiling(quick: bool, out: Path | None, write_docs: bool | None, seed: int =
     reference, hypernet = load_reference_with_hypernet(progress=True)
     results = run_ceiling(reference, hypernet, quick=quick, seed=seed,
                           log=lambda msg: console.print(msg, highlight=False))
-    (out / "ceiling.json").write_text(json.dumps(results, indent=2))
-    (out / "ceiling.md").write_text(markdown(results))
-    console.print(markdown(results), highlight=False)
-    console.print(f"results in {out}")
-    if write_docs if write_docs is not None else not quick:
-        write_section(DOCS / "BENCHMARKS.md", "ceiling", markdown(results))
-        shutil.copy(out / "ceiling.json", DOCS / "ceiling-results.json")
-        console.print("docs/BENCHMARKS.md updated")
+    _publish("ceiling", results, markdown(results), out,
+             write_docs if write_docs is not None else not quick)
 
 
 def _serving(quick: bool, out: Path | None, write_docs: bool | None) -> None:
     """``bench --serving``: benchmarks/serving.py alone, its section of docs/BENCHMARKS.md."""
-    import json
-
-    from benchmarks.docs import write_section
     from benchmarks.serving import markdown, run_benchmark
 
     out = out or Path("bench-results") / datetime.now().strftime("serving-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     results = run_benchmark(quick=quick)
-    (out / "serving.json").write_text(json.dumps(results, indent=2))
-    (out / "serving.md").write_text(markdown(results))
-    console.print(markdown(results), highlight=False)
+    _publish("serving", results, markdown(results), out,
+             write_docs if write_docs is not None else not quick)
+
+
+def _publish(name: str, results: dict, text: str, out: Path, to_docs: bool) -> None:
+    """A one-section benchmark's outputs: ``NAME.json`` and ``NAME.md`` in ``out``, the
+    report on the console and, with ``to_docs``, its section of docs/BENCHMARKS.md and
+    ``docs/NAME-results.json``."""
+    import json
+
+    from benchmarks.docs import write_section
+
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{name}.md").write_text(text)
+    console.print(text, highlight=False)
     console.print(f"results in {out}")
-    if write_docs if write_docs is not None else not quick:
-        write_section(DOCS / "BENCHMARKS.md", "serving", markdown(results))
-        shutil.copy(out / "serving.json", DOCS / "serving-results.json")
+    if to_docs:
+        write_section(DOCS / "BENCHMARKS.md", name, text)
+        shutil.copy(out / f"{name}.json", DOCS / f"{name}-results.json")
         console.print("docs/BENCHMARKS.md updated")
 
 
