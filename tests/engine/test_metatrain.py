@@ -122,8 +122,9 @@ def test_pgd_episodes_stay_in_their_ball_and_move_the_frozen_prediction():
     with torch.no_grad():
         clean = model(batch.clean).argmax(-1)
         moved = (model(batch.mixed).argmax(-1) != clean).float().mean()
-        noise = batch.clean + 0.5 * torch.sign(torch.randn(batch.clean.shape,
-                                                            generator=torch.Generator().manual_seed(1)))
+        signs = torch.sign(torch.randn(batch.clean.shape,
+                                       generator=torch.Generator().manual_seed(1)))
+        noise = batch.clean + 0.5 * signs
         by_noise = (model(noise).argmax(-1) != clean).float().mean()
     assert moved > by_noise and moved >= 0.5
     assert all(p.grad is None for p in model.parameters())  # the model is only read
