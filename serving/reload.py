@@ -46,7 +46,7 @@ class ChampionSlot:
         self.on_outcome = on_outcome  # ("loaded" | "refused" | "failed", current champion)
         self.threads = threads
         self.current: Champion | None = None
-        self._refused: set[str] = set()
+        self._refused: dict[str, set[str]] = {}  # version -> digests of its refused states
         self._last_failure = ""
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -67,18 +67,22 @@ class ChampionSlot:
         if current is not None and current.version == info.version:
             return "unchanged"
         try:
-            digest = _tags_digest(info, champions.signed_move(info, self.tracking_uri))
+            grant = champions.signed_move(info, self.tracking_uri)
         except VitEditError as exc:
             log.error("serving %s: reading the champion's signed move failed: %s", self.name,
                       exc)
             return self._outcome("failed")
-        if digest in self._refused:
+        digest = _tags_digest(info, grant)
+        refused = self._refused.get(info.version)
+        # a refused holder is looked at again when its tags or its signed move change, not
+        # while the signed move names another version: that is a move being recorded
+        if refused is not None and (digest in refused or not grant):
             return "unchanged"
         try:
             loaded = champions.load(info, self.tracking_uri, self.threads,
                                     not_before=current.move if current else 0)
         except PromotionRefusedError as exc:
-            self._refused.add(digest)
+            self._refused.setdefault(info.version, set()).add(digest)
             log.error("serving %s: champion v%s refused, %s: %s", self.name, info.version,
                       f"v{current.version} keeps serving" if current else "nothing is served",
                       "; ".join(exc.problems))
