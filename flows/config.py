@@ -66,6 +66,8 @@ class ScopedSettings(BaseModel):
                                  "preserved score (default 0).")
     avoid_earlier: bool = Field(True, description="Keep the images of earlier scoped patches "
                                 "outside a new scope.")
+    avoid_neighbours: bool = Field(True, description="Keep the images of the night's other "
+                                   "units (errors and confirmed-correct) outside a new scope.")
     radius_scale: float | None = Field(
         RADIUS_SCALE, gt=0, description="nearest: a scope also ends this many times its "
         "images' largest nearest-neighbour distance from them, so a later, unrelated shift "

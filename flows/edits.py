@@ -217,7 +217,8 @@ def _scoped_editor(context: ChampionContext, images: GroupImages, settings: Edit
                                 "(EditSettings.preserve)")
     outside = [i for i, h in enumerate(preserved.hashes) if h not in images.not_outside]
     scoped = settings.scoped
-    neighbours = None if images.neighbours is None else context.suite.inputs(images.neighbours)
+    neighbours = None if images.neighbours is None or not scoped.avoid_neighbours \
+        else context.suite.inputs(images.neighbours)
     if scoped.method == "serac":
         return create_editor("serac", hypernet=context.hypernet,
                              preserved=context.suite.inputs(preserved.pixels[outside]),

@@ -1,0 +1,44 @@
+"""What a night's scoped editor is told to keep out of its scope: the preserved pool's clean
+images always, the night's other units' images unless ``avoid_neighbours`` is off."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from flows.config import EditSettings
+from flows.edits import GroupImages, _scoped_editor
+from flows.preserved import PreservedPool
+from vitedit_ops.gate.suite import image_hashes, load_suite
+from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.models import load_model
+
+
+def _unit(lineage, neighbours: torch.Tensor) -> GroupImages:
+    pixels, labels = lineage.production, lineage.labels
+    empty = torch.empty(0, *pixels.shape[1:])
+    return GroupImages(key="sub1", edit_pixels=pixels[:4], edit_labels=labels[:4],
+                       edit_refs=(), heldout_pixels=empty,
+                       heldout_labels=torch.empty(0, dtype=torch.long), heldout_refs=(),
+                       keep_pixels=empty, keep_labels=torch.empty(0, dtype=torch.long),
+                       scoped=True, neighbours=neighbours)
+
+
+def test_the_nights_other_units_are_kept_out_of_a_scope_unless_switched_off(lineage):
+    model, _ = load_model(lineage.checkpoint)
+    suite = load_suite(lineage.suite_dir)
+    context = SimpleNamespace(model=model, suite=suite,
+                              hypernet=MaskHypernet.load(lineage.hypernet_dir))
+    clean = lineage.clean[:16]
+    preserved = PreservedPool(pixels=clean, hashes=tuple(image_hashes(clean)),
+                              from_production=0, labels=torch.full((16,), -1))
+    neighbours = lineage.production[8:14]
+    unit = _unit(lineage, neighbours)
+
+    avoiding = _scoped_editor(context, unit, EditSettings(), preserved)
+    assert torch.equal(avoiding.avoid, suite.inputs(neighbours))
+    assert len(avoiding.outside) == 16
+
+    settings = EditSettings(scoped={"avoid_neighbours": False})
+    assert _scoped_editor(context, unit, settings, preserved).avoid is None
