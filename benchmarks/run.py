@@ -24,9 +24,12 @@ from typing import Any
 import torch
 
 from vitedit_ops.edit_cases import make_cases
+from vitedit_ops.editors import updater_kind
 from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.learned_update import UpdateNet
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference
+from vitedit_ops.reference.updaters import reference_updater
 
 from .cost import (edit_flops_ratios, flops_per_iteration, iteration_time_ratio,
                    metatrain_speedup, peak_memory_ratio, vit_b16_edit_flops, vit_b16_flops)
@@ -110,7 +113,7 @@ def run_benchmark(reference: Reference, hypernet: MaskHypernet, config: BenchCon
             log(f"  jobs {done[0]}/{total} run ({time.perf_counter() - started:.0f} s)")
 
     preserved = Preprocessor(reference.spec).normalize(reference.data.preserved.pixels)
-    extra = EditorArgs(hypernet, preserved)
+    extra = EditorArgs(hypernet, preserved, _updaters(reference, points, log))
     try:
         rows = run_grid(model, points, cases, ks, setting.evals, extra, on_job,
                         workers=config.workers,
@@ -203,6 +206,16 @@ def _sequential_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                        "final_max_norm_growth": last["max_norm_growth"],
                        "mean_newest_reliability": sum(r["newest_reliability"] for r in items)
                        / len(items)}
+    return out
+
+
+def _updaters(reference: Reference, points: list[MethodPoint], log: Callable[[str], None]
+              ) -> dict[str, UpdateNet]:
+    """The cached (or now meta-trained) update network of every learned editor in the grid."""
+    out = {}
+    for editor in sorted({p.editor for p in points if updater_kind(p.editor)}):
+        log(f"meta-training (or loading) the reference {editor} update network ...")
+        out[editor] = reference_updater(reference, updater_kind(editor))
     return out
 
 

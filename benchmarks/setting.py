@@ -8,7 +8,7 @@ except the edit images themselves. ``assert_disjoint`` guards that at run time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from vitedit_ops.edit_cases import GroupInputs
 from vitedit_ops.editors import PAPER, PRODUCT
 from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.learned_update import UpdateNet
 from vitedit_ops.metrics import predict_logits, select_sensitive
 from vitedit_ops.models import ModelSpec
 from vitedit_ops.preprocess import Preprocessor
@@ -77,7 +78,8 @@ class Family:
     def points(self, quick: bool) -> list[MethodPoint]:
         lrs = self.lrs[len(self.lrs) // 2:][:1] if quick else self.lrs
         values = self.knob_values[len(self.knob_values) // 2:][:1] if quick else self.knob_values
-        common = (("max_steps", QUICK_MAX_STEPS),) if quick else ()
+        common = (("max_steps", QUICK_MAX_STEPS),) if quick and self.knob != "max_steps" \
+            else ()
         if not self.knob:
             return [MethodPoint(self.name, self.editor, "-", lr, self.options + common)
                     for lr in lrs]
@@ -101,6 +103,8 @@ REPLAY_LRS = (3e-4, 1e-3, 3e-3)
 # (ROME at 1e-2 fixed a third of the quick run's single edits within its 20 steps)
 LOCATE_LRS = (1e-2, 3e-2, 1e-1)
 SIDE_LRS = (3e-3, 1e-2, 3e-2, 1e-1)
+# KE and MEND: the rate multiplies the meta-learned step (1: as trained); steps repeat it
+UPDATE_LRS = (0.5, 1.0, 2.0, 4.0)
 PRODUCT_FAMILY = Family("localized (product)", PRODUCT.method, "",
                         lrs=(PRODUCT.get("lr"),),
                         options=tuple((k, v) for k, v in PRODUCT.options.items() if k != "lr"))
@@ -131,6 +135,10 @@ FAMILIES = (
     Family("GRACE", "grace", "epsilon", (0.3, 0.6, 0.9), SIDE_LRS),
     # SERAC's counterfactual classifier starts at the base's: its knob is the scope's ratio
     Family("SERAC", "serac", "margin", (0.6, 0.8), SIDE_LRS),
+    # the review's "fair comparison": networks that learn how to edit, meta-trained on the
+    # hypernetwork's CutMix episodes (vitedit_ops/reference/updaters.py)
+    Family("KE", "ke", "max_steps", (1, 3), UPDATE_LRS),
+    Family("MEND", "mend", "max_steps", (1, 3), UPDATE_LRS),
 )
 
 
@@ -155,12 +163,14 @@ def method_grid(quick: bool, families: tuple[Family, ...] = FAMILIES) -> list[Me
 @dataclass
 class EditorArgs:
     """Per-point constructor arguments (picklable, so parallel workers get them too): the
-    hypernetwork (the localized editor's, and every window method's window) and the preserved
-    pool (held out from every evaluation set); ``create_editor`` passes each editor what it
-    takes."""
+    hypernetwork (the localized editor's, and every window method's window), the preserved
+    pool (held out from every evaluation set) and the update networks of KE and MEND by
+    editor name; ``create_editor`` passes each editor what it takes."""
 
     hypernet: MaskHypernet
     preserved: torch.Tensor
+    updaters: dict[str, UpdateNet] = field(default_factory=dict)
 
     def __call__(self, point: MethodPoint) -> dict[str, Any]:
-        return {"hypernet": self.hypernet, "preserved": self.preserved}
+        return {"hypernet": self.hypernet, "preserved": self.preserved,
+                "updater": self.updaters.get(point.editor)}

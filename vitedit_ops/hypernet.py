@@ -102,30 +102,9 @@ class MaskHypernet(nn.Module):
     def check_base(self, model: nn.Module) -> Lineage:
         """Refuse models that are neither the base nor a descendant of it (scoped patches
         and side modules, which change no weight, make a descendant too)."""
-        from .scoped import STACK
-        from .side import side_prefixes
-
-        full = model.state_dict()
-        added = (f"{STACK}.",) + side_prefixes()
-        state = {k: v for k, v in full.items() if not k.startswith(added)}
-        scoped = len(state) != len(full)
-        current = tensor_fingerprints(state)
-        if fingerprint_state(state) == self.config.base_fingerprint and not scoped:
-            return Lineage("base", ())
-        base = self.config.base_tensor_fingerprints
-        if set(current) != set(base):
-            raise IncompatibleBaseError(
-                "hypernetwork was meta-trained for another architecture "
-                f"(base {self.config.base_fingerprint[:12]}, {self.config.architecture})")
-        changed = tuple(name for name in base if current[name] != base[name])
-        foreign = [name for name in changed if not _is_ffn_weight(name)]
-        if foreign:
-            raise IncompatibleBaseError(
-                f"hypernetwork was meta-trained for base model {self.config.base_fingerprint[:12]};"
-                f" this model differs in {len(foreign)} non-FFN tensors (e.g. {foreign[0]}), "
-                "so it is not a descendant of that base")
-        modules = tuple(sorted({k.split(".")[0] for k in set(full) - set(state)}))
-        return Lineage("descendant", changed + modules)
+        return base_lineage(model, self.config.base_fingerprint,
+                            self.config.base_tensor_fingerprints, self.config.architecture,
+                            "hypernetwork")
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -149,6 +128,37 @@ class MaskHypernet(nn.Module):
         net = cls(config)
         net.load_state_dict(state, strict=True)
         return net.eval()
+
+
+def base_lineage(model: nn.Module, base_fingerprint: str, base: dict[str, str],
+                 architecture: str, what: str) -> Lineage:
+    """How ``model`` relates to the base a learned network (``what``) was meta-trained for:
+    the base itself, or a descendant whose only changed tensors are FFN weights (scoped
+    patches and side modules, which change no weight, make a descendant too); anything else
+    is refused."""
+    from .scoped import STACK
+    from .side import side_prefixes
+
+    full = model.state_dict()
+    added = (f"{STACK}.",) + side_prefixes()
+    state = {k: v for k, v in full.items() if not k.startswith(added)}
+    scoped = len(state) != len(full)
+    current = tensor_fingerprints(state)
+    if fingerprint_state(state) == base_fingerprint and not scoped:
+        return Lineage("base", ())
+    if set(current) != set(base):
+        raise IncompatibleBaseError(
+            f"{what} was meta-trained for another architecture "
+            f"(base {base_fingerprint[:12]}, {architecture})")
+    changed = tuple(name for name in base if current[name] != base[name])
+    foreign = [name for name in changed if not _is_ffn_weight(name)]
+    if foreign:
+        raise IncompatibleBaseError(
+            f"{what} was meta-trained for base model {base_fingerprint[:12]};"
+            f" this model differs in {len(foreign)} non-FFN tensors (e.g. {foreign[0]}), "
+            "so it is not a descendant of that base")
+    modules = tuple(sorted({k.split(".")[0] for k in set(full) - set(state)}))
+    return Lineage("descendant", changed + modules)
 
 
 def _is_ffn_weight(name: str) -> bool:

@@ -171,6 +171,34 @@ def test_meta_train_command_writes_a_hypernetwork(workspace, capsys):
     assert code == 2 and "unknown episode kind 'bogus'" in out, out
 
 
+def test_meta_train_writes_an_update_network_that_edit_applies(workspace, capsys):
+    tmp, ckpt, images = workspace
+    folder = tmp / "unlabeled"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+    code, out = run(["meta-train", "--checkpoint", ckpt, "--images", folder, "--updater",
+                     "mend", "--iterations", 2, "--batch-size", 2], capsys)
+    assert code == 0, out
+    assert "edit --method mend" in out
+    from vitedit_ops.learned_update import load_updater
+
+    assert load_updater(tmp / "updater-mend").config.training["iterations"] == 2
+    code, out = run(["edit", *images, "--label", 2, "--checkpoint", ckpt, "--method", "mend",
+                     "--out", tmp / "m.safetensors"], capsys)
+    assert code in (0, 1) and "success=" in out, out
+    assert set(Patch.load(tmp / "m.safetensors").params) <= set(
+        edit_window(tiny_vit()).weight_names)
+    code, out = run(["edit", *images, "--label", 2, "--checkpoint", ckpt, "--method", "ke"],
+                    capsys)
+    assert code == 2 and "meta-train --updater ke" in out, out
+    code, out = run(["meta-train", "--checkpoint", ckpt, "--images", folder, "--updater",
+                     "rome"], capsys)
+    assert code == 2 and "unknown update network kind 'rome'" in out, out
+
+
 @pytest.mark.parametrize("command", [
     ["edit", "{img}", "--label", "1"], ["meta-train", "--images", "{dir}"],
     ["suite", "build", "--images", "{dir}", "--out", "{dir}/suite"],

@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitedit_ops.editors import create_editor, list_editors, takes_preserved
+from vitedit_ops.editors import create_editor, list_editors, takes_preserved, updater_kind
 from vitedit_ops.errors import IncompatibleBaseError, InvalidInputError
 from vitedit_ops.hypernet import MaskHypernet, new_hypernet
+from vitedit_ops.learned_update import new_updater
 from vitedit_ops.models import fingerprint
 from vitedit_ops.sites import edit_window
 
@@ -21,6 +22,8 @@ def _pool(model, count: int = 24) -> torch.Tensor:
 def _editor(name, model, **kw):
     if name == "localized":
         kw["hypernet"] = new_hypernet(model, edit_window(model))
+    if updater_kind(name):  # KE, MEND: an untrained network edits too (not well)
+        kw["updater"] = new_updater(updater_kind(name), model)
     if takes_preserved(name) and "preserved" not in kw:
         kw["preserved"] = _pool(model)
     return create_editor(name, **{"lr": 1e-2, "max_steps": 30, **kw})
@@ -44,7 +47,7 @@ def test_every_editor_leaves_the_model_untouched_and_returns_a_revertible_patch(
 
 
 @pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora", "kn",
-                                  "rome", "rome_lora"])
+                                  "rome", "rome_lora", "ke", "mend"])
 def test_window_editors_touch_only_the_window_ffns(name, vit, batch):
     result = _editor(name, vit).edit(vit, *batch)
     window = edit_window(vit)
@@ -65,7 +68,7 @@ def test_full_finetuning_fixes_a_batch(vit, batch):
 
 
 @pytest.mark.parametrize("name", ["localized", "random_mask", "window_ft", "lora", "kn",
-                                  "rome", "rome_lora"])
+                                  "rome", "rome_lora", "ke", "mend"])
 def test_window_editors_touch_only_the_window_ffns_of_a_swin(name):
     swin = tiny_swin()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -41,6 +41,14 @@ def _episode_kinds() -> list[str]:
     return EPISODES.names()
 
 
+def _updater_kinds() -> list[str]:
+    from .. import editors  # noqa: F401 - the kinds register where their editors are defined
+    from ..learned_update import UPDATERS
+
+    return UPDATERS.names()
+
+
 EDITOR = one_of("editor", _editors)
 EPISODE_KIND = one_of("episode kind", _episode_kinds)
 OPTIMIZER = one_of("optimizer", _optimizers)
+UPDATER_KIND = one_of("update network kind", _updater_kinds)

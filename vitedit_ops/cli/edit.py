@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import InvalidInputError
 from .model_options import Arch, DataArg, ModelArg, ModelConfig, describe, load
-from .choices import EDITOR, EPISODE_KIND, OPTIMIZER
+from .choices import EDITOR, EPISODE_KIND, OPTIMIZER, UPDATER_KIND
 
 PRODUCT_METHOD = "localized"  # checked against editors.PRODUCT by the CLI tests
 
@@ -59,6 +59,9 @@ def edit(
     hypernet: Path | None = typer.Option(None, help="Hypernetwork dir (localized editor; also "
                                                    "gives the window methods their window); "
                                                    "default: <checkpoint dir>/hypernet."),
+    updater: Path | None = typer.Option(None, help="Update network dir of ke / mend (from "
+                                                  "`meta-train --updater`); default: "
+                                                  "<checkpoint dir>/updater-KIND."),
     keep: float | None = typer.Option(None, help="Share of window units to edit (masked "
                                                  "editors; default: the product's)."),
     lr: float | None = typer.Option(None, help="Edit learning rate (default: the product's)."),
@@ -78,9 +81,10 @@ def edit(
     it); print the result and write the sparse patch."""
     import torch
 
-    from ..editors import PRODUCT, create_editor, needs_preserved, takes_preserved
+    from ..editors import PRODUCT, create_editor, needs_preserved, takes_preserved, updater_kind
     from ..hypernet import MaskHypernet
     from ..imagefiles import image_paths
+    from ..learned_update import load_updater
     from ..preprocess import Preprocessor
 
     if preserved is None and needs_preserved(method):
@@ -101,11 +105,21 @@ def edit(
     if method == "localized" and not found:
         raise InvalidInputError(f"no hypernetwork at {directory}: run `vitedit-ops "
                                 "meta-train` first or pass --hypernet")
+    kind = updater_kind(method)
+    learned = None
+    if kind:
+        learned_dir = updater or checkpoint.parent / f"updater-{kind}"
+        if not learned_dir.is_dir():
+            raise InvalidInputError(f"no {kind} update network at {learned_dir}: run "
+                                    f"`vitedit-ops meta-train --updater {kind}` or pass --updater")
+        learned = load_updater(learned_dir)
     start, end = _parse_window(window)
-    options = {**PRODUCT.options, "keep_fraction": keep, "lr": lr,
+    # a learned editor's rate multiplies its meta-learned step: the product's rate is not one
+    options = {**({} if kind else PRODUCT.options), "keep_fraction": keep, "lr": lr,
                "optimizer": optimizer, "max_steps": steps}
     editor = create_editor(method, hypernet=MaskHypernet.load(directory) if found else None,
                            window=(start, end) if window else None, preserved=pool,
+                           updater=learned,
                            **{k: v for k, v in options.items() if v is not None})
     result = editor.edit(model, inputs, labels)
     result.patch.save(out)
@@ -132,8 +146,12 @@ def meta_train(
     model_arg: ModelArg = [],  # noqa: B006 - typer reads the default
     data: DataArg = [],  # noqa: B006
     model_config: ModelConfig = None,
-    out: Path | None = typer.Option(None, help="Output dir (default <checkpoint dir>/hypernet);"
-                                              " re-running resumes from its checkpoint."),
+    out: Path | None = typer.Option(None, help="Output dir (default <checkpoint dir>/hypernet, "
+                                              "or updater-KIND); a hypernetwork's re-run "
+                                              "resumes from its checkpoint."),
+    updater: str | None = typer.Option(None, parser=UPDATER_KIND, help="Meta-train the update "
+                                       "network of a baseline that learns how to edit (ke or "
+                                       "mend) on the same episodes, instead of the hypernetwork."),
     iterations: int = typer.Option(500, help="Episode batches."),
     batch_size: int = typer.Option(8, help="Episodes per batch."),
     inner_lr: float = typer.Option(1e-2, help="Inner masked-step learning rate."),
@@ -153,6 +171,10 @@ def meta_train(
 
     model, spec = load(checkpoint, describe(arch, model_arg, data, model_config))
     inputs = Preprocessor(spec).from_files(image_paths([], images))
+    if updater is not None:
+        _meta_train_updater(model, spec, inputs, updater, out, checkpoint, iterations,
+                            batch_size, episodes, seed, window)
+        return
     config = MetaTrainConfig(iterations=iterations, batch_size=batch_size, inner_lr=inner_lr,
                              episodes=episodes, seed=seed)
     out = out or checkpoint.parent / "hypernet"
@@ -167,6 +189,32 @@ def meta_train(
     console.print(f"hypernetwork written to {out} (resumed from iteration "
                   f"{result.resumed_from}); attach it to the registered base with "
                   f"`vitedit-ops register-hypernet --model NAME --version N --hypernet {out}`",
+                  highlight=False, soft_wrap=True)
+
+
+def _meta_train_updater(model, spec, inputs, kind: str, out: Path | None, checkpoint: Path,
+                        iterations: int, batch_size: int, episodes: str, seed: int,
+                        window: str | None) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..sites import edit_window
+    from ..update_metatrain import UpdaterTrainConfig, meta_train_updater
+
+    config = UpdaterTrainConfig(kind=kind, iterations=iterations, batch_size=batch_size,
+                                episodes=episodes, seed=seed)
+    out = out or checkpoint.parent / f"updater-{kind}"
+    with Progress(TextColumn(f"meta-train {kind}"), BarColumn(), TextColumn(
+            "{task.completed}/{task.total} loss={task.fields[loss]:.4f}"),
+            TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task(kind, total=iterations, loss=float("nan"))
+        result = meta_train_updater(
+            model, inputs, config, window=edit_window(model, *_parse_window(window)),
+            architecture=spec.architecture,
+            on_iteration=lambda i, _n, e: progress.update(task, completed=i, loss=e["loss"]))
+    result.updater.config.training["seconds"] = round(result.seconds, 1)
+    result.updater.save(out)
+    console.print(f"{kind} update network written to {out} ({result.seconds:.0f} s); edit "
+                  f"with `vitedit-ops edit --method {kind} --updater {out} ...`",
                   highlight=False, soft_wrap=True)
 
 

@@ -18,16 +18,20 @@ import torch
 
 from ..errors import InvalidInputError
 from ..hypernet import MaskHypernet
-from . import (finetune, full_ft, grace, kn, localized,  # noqa: F401 - registration
-               lora, random_mask, rome, rome_lora, serac, t_patcher)
+from ..learned_update import UpdateNet
+from . import (finetune, full_ft, grace, ke, kn, localized,  # noqa: F401 - registration
+               lora, mend, random_mask, rome, rome_lora, serac, t_patcher)
 from .base import EDITORS, OPTIMIZERS, EditResult, Editor, OptimConfig, register_editor
 from .finetune import FTL1Editor, FTL2Editor, WindowFinetuneEditor
 from .full_ft import FullFinetuneEditor
 from .grace import GraceEditor
+from .ke import KEEditor
 from .kn import KnowledgeNeuronsEditor
+from .learned import LearnedUpdateEditor
 from .localized import LocalizedEditor
 from .lora import LoRAEditor
 from .masked import MaskedEditor
+from .mend import MENDEditor
 from .random_mask import RandomMaskEditor
 from .rome import RomeEditor
 from .rome_lora import RomeLoRAEditor
@@ -37,7 +41,7 @@ from .serac import SeracEditor
 from .t_patcher import TPatcherEditor
 
 OPTIM_KEYS = tuple(f.name for f in fields(OptimConfig))
-_GIVEN_SEPARATELY = ("hypernet", "window", "preserved", "protected", "name")
+_GIVEN_SEPARATELY = ("hypernet", "updater", "window", "preserved", "protected", "name")
 
 
 def list_editors() -> list[str]:
@@ -62,6 +66,12 @@ def needs_preserved(name: str) -> bool:
     return bool(EDITORS.get(name).needs_preserved)
 
 
+def updater_kind(name: str) -> str:
+    """The update network kind editor ``name`` applies ("" for editors that need none)."""
+    cls = EDITORS.get(name)
+    return cls.kind if issubclass(cls, LearnedUpdateEditor) else ""
+
+
 def _all_options() -> set[str]:
     return set().union(*(editor_options(n) for n in list_editors()))
 
@@ -76,13 +86,15 @@ def default_optim(name: str) -> OptimConfig:
 
 def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
                   window: tuple[int, int] | None = None, preserved: torch.Tensor | None = None,
-                  protected: torch.Tensor | None = None, **options: Any) -> Editor:
+                  protected: torch.Tensor | None = None, updater: UpdateNet | None = None,
+                  **options: Any) -> Editor:
     """Build editor ``name``.
 
     ``hypernet`` is required by the localized editor and gives every window method its window
     unless ``window`` is given; ``preserved`` (model inputs whose predictions must hold) goes to
     the editors that use one, ``protected`` (inputs of earlier edits' fixes) to those that
-    confine against them too. Of ``options``, those the editor declares are kept (optimiser
+    confine against them too; ``updater`` (a meta-trained update network) to KE and MEND,
+    whose window is its own. Of ``options``, those the editor declares are kept (optimiser
     keys ``lr``, ``optimizer``, ``max_steps``, ``ce_target`` may be flat) and None means the
     editor's default; options another editor declares are dropped; unknown ones are refused.
     """
@@ -102,6 +114,12 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
             raise InvalidInputError(f"the {name} editor needs a mask hypernetwork "
                                     "(run `vitedit-ops meta-train` first)")
         kwargs["hypernet"] = hypernet
+    if "updater" in declared:
+        if updater is None:
+            raise InvalidInputError(f"the {name} editor needs a meta-trained {updater_kind(name)}"
+                                    " update network (`vitedit-ops meta-train --updater "
+                                    f"{updater_kind(name)}`)")
+        kwargs["updater"] = updater
     if "window" in declared:
         window = window if window is not None else (
             tuple(hypernet.config.window) if hypernet is not None else None)
@@ -115,9 +133,10 @@ def create_editor(name: str, *, hypernet: MaskHypernet | None = None,
 
 __all__ = ["EDITORS", "OPTIMIZERS", "OPTIM_KEYS", "PAPER", "PRODUCT", "PRODUCT_SCOPED",
            "EditRecipe", "EditResult", "Editor", "ScopedEditor", "FTL1Editor",
-           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KnowledgeNeuronsEditor",
-           "LoRAEditor", "LocalizedEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
+           "FTL2Editor", "FullFinetuneEditor", "GraceEditor", "KEEditor",
+           "KnowledgeNeuronsEditor", "LearnedUpdateEditor", "LoRAEditor", "LocalizedEditor",
+           "MENDEditor", "MaskedEditor", "OptimConfig", "RandomMaskEditor",
            "RomeEditor", "RomeLoRAEditor", "SeracEditor", "TPatcherEditor",
            "WindowFinetuneEditor",
            "create_editor", "default_optim", "editor_options", "list_editors", "needs_preserved",
-           "register_editor", "takes_preserved"]
+           "register_editor", "takes_preserved", "updater_kind"]

@@ -1,0 +1,65 @@
+"""The reference model's KE and MEND update networks, meta-trained on the hypernetwork's
+episodes and cached beside the reference build; rebuilt when their settings, the window or
+the base change (all recorded in their config)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import VitEditError
+from ..learned_update import UpdateNet, load_updater
+from ..models import fingerprint
+from ..preprocess import Preprocessor
+from ..update_metatrain import UpdaterTrainConfig, meta_train_updater
+from .build import Reference, _directory
+from .hypernet import REFERENCE_METATRAIN, reference_window
+
+UPDATERS_DIR = "updaters"
+
+
+def reference_updater_config(kind: str) -> UpdaterTrainConfig:
+    """The reference recipe: the mask hypernetwork's episodes, 300 iterations."""
+    return UpdaterTrainConfig(kind=kind, iterations=300, batch_size=8,
+                              episodes=REFERENCE_METATRAIN.episodes,
+                              cutmix_min_frac=REFERENCE_METATRAIN.cutmix_min_frac,
+                              cutmix_max_frac=REFERENCE_METATRAIN.cutmix_max_frac)
+
+
+def _current(net: UpdateNet, reference: Reference, config: UpdaterTrainConfig,
+             window: tuple[int, int]) -> bool:
+    trained = net.config.training
+    return (net.config.base_fingerprint == fingerprint(reference.model)
+            and tuple(net.config.window) == window
+            and all(trained.get(k) == v for k, v in config.settings().items()))
+
+
+def reference_updater(reference: Reference, kind: str, reference_dir: str | Path | None = None,
+                      on_iteration: Callable[[int, int, dict], None] | None = None
+                      ) -> UpdateNet:
+    """The cached ``kind`` update network of the reference model, meta-training it (on one
+    thread, for results that do not depend on the host's cores) if missing or stale."""
+    root = _directory(reference_dir)
+    directory = root / UPDATERS_DIR / kind
+    config = reference_updater_config(kind)
+    window = reference_window(reference.model, root)
+    try:
+        net = load_updater(directory)
+        if _current(net, reference, config, (window.start, window.end)):
+            return net
+    except VitEditError:
+        pass
+    images = Preprocessor(reference.spec).normalize(reference.data.train.pixels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = meta_train_updater(reference.model, images, config, window=window,
+                                    architecture=reference.spec.architecture,
+                                    on_iteration=on_iteration)
+    finally:
+        torch.set_num_threads(threads)
+    result.updater.config.training["seconds"] = round(result.seconds, 1)
+    result.updater.save(directory)
+    return result.updater
