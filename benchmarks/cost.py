@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitedit_ops.editors import create_editor
+from vitedit_ops.editors import create_editor, updater_kind
 from vitedit_ops.editors.base import OptimConfig, frozen, optimize_window
 from vitedit_ops.editors.units import select_top_units, unit_deltas
 from vitedit_ops.forward import SplitForward
+from vitedit_ops.learned_update import UpdateNet, new_updater
 from vitedit_ops.metatrain import MetaTrainConfig, meta_train
 from vitedit_ops.sites import edit_window
 
@@ -113,21 +114,72 @@ def vit_b16_flops(keep_fraction: float = 0.1) -> dict[str, float]:
     return flops_per_iteration(model, images, torch.tensor([3]), keep_fraction)
 
 
-BASELINES = ("localized", "kn", "rome", "rome_lora", "t_patcher", "grace", "serac")
+BASELINES = ("localized", "kn", "rome", "rome_lora", "t_patcher", "grace", "serac", "ke",
+             "mend")
+
+
+def _whole_editor(method: str, model: nn.Module, hypernet: Any, preserved: torch.Tensor,
+                  steps: int, updaters: dict[str, UpdateNet] | None) -> Any:
+    """The editor of a whole-edit cost figure: ``steps`` steps, never stopping early (KE and
+    MEND: one step, as they are used; an untrained network where ``updaters`` has none)."""
+    kind = updater_kind(method)
+    updater = (updaters or {}).get(method) or (new_updater(kind, model) if kind else None)
+    return create_editor(method, hypernet=hypernet, preserved=preserved, lr=1e-6,
+                         max_steps=1 if kind else steps, ce_target=NEVER_STOP, updater=updater)
+
+
+def edit_seconds_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        preserved: torch.Tensor, hypernet: Any = None, steps: int = 10,
+                        methods: tuple[str, ...] = BASELINES,
+                        updaters: dict[str, UpdateNet] | None = None, repeats: int = 3
+                        ) -> dict[str, Any]:
+    """Wall time of the same whole edits as :func:`edit_flops_ratios`, as a ratio to full
+    fine-tuning's, measured side by side (best of ``repeats``, after one warm-up each)."""
+    def best(method: str) -> float:
+        editor = _whole_editor(method, model, hypernet, preserved, steps, updaters)
+        editor.edit(model, images, labels)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            editor.edit(model, images, labels)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    full = best("full_ft")
+    out: dict[str, Any] = {"steps": steps, "batch": len(images), "full_ft_seconds": full}
+    for method in methods:
+        if method == "localized" and hypernet is None:
+            continue
+        out[f"{method}_ratio"] = best(method) / full
+    return out
+
+
+def metatrain_seconds(reference: Any, updaters: dict[str, UpdateNet]) -> dict[str, Any]:
+    """Meta-training time of KE/MEND's networks against the mask hypernetwork's, as each
+    build recorded it (one thread each; built at different times, so load may differ)."""
+    hypernet = float((reference.card.hypernet or {}).get("seconds", float("nan")))
+    out: dict[str, Any] = {"hypernet_seconds": hypernet}
+    for name, net in sorted(updaters.items()):
+        seconds = float(net.config.training.get("seconds", float("nan")))
+        out[f"{name}_seconds"] = seconds
+        out[f"{name}_ratio"] = seconds / hypernet if hypernet > 0 else float("nan")
+    return out
 
 
 def edit_flops_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       preserved: torch.Tensor, hypernet: Any = None, steps: int = 10,
-                      methods: tuple[str, ...] = BASELINES) -> dict[str, Any]:
+                      methods: tuple[str, ...] = BASELINES,
+                      updaters: dict[str, UpdateNet] | None = None) -> dict[str, Any]:
     """FLOPs of a whole ``steps``-step edit per method, as a ratio to full fine-tuning's.
 
     Whole edits, set-up included: KN's attribution, ROME's key covariance, T-Patcher's reading
     of the pool and the localized editor's hypernetwork forward are part of what an edit
-    costs (the review thread's "KN at 77% of full fine-tuning" is per edit).
+    costs (the review thread's "KN at 77% of full fine-tuning" is per edit). KE and MEND edit
+    in one step, as they are used: theirs is a one-step edit (the network's forward
+    included; an untrained network where ``updaters`` has none, same FLOPs).
     """
     def whole(method: str) -> int:
-        editor = create_editor(method, hypernet=hypernet, preserved=preserved, lr=1e-6,
-                               max_steps=steps, ce_target=NEVER_STOP)
+        editor = _whole_editor(method, model, hypernet, preserved, steps, updaters)
         return _flops(lambda: editor.edit(model, images, labels))
 
     full = whole("full_ft")

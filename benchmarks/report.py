@@ -11,6 +11,12 @@ GOALS = {"iteration_time_batch1": ("localized / full FT wall time per edit step"
                            "(paper 26.4/52.8 = 0.50)", "<= 0.35"),
          "reference_flops": ("reference model FLOPs per edit iteration", "-"),
          "metatrain": ("meta-training episodes/s, vectorised / per-episode loop", ">= 3x"),
+         "reference_edit_flops": ("reference model FLOPs per whole edit, method / full FT "
+                                  "(10 steps; KE, MEND one)", "-"),
+         "reference_edit_seconds": ("reference model wall time per whole edit, method / full "
+                                    "FT (same edits)", "-"),
+         "vit_b16_edit_flops": ("ViT-B/16 FLOPs per whole edit, method / full FT", "-"),
+         "metatrain_seconds": ("meta-training seconds, KE / MEND / mask hypernetwork", "-"),
          "peak_memory": ("ViT-B/16 peak memory, edit / one forward+backward (batch 8)",
                          "<= 1.3"),
          "peak_memory_reference": ("reference model peak memory, edit / forward+backward "

@@ -31,8 +31,9 @@ from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference
 from vitedit_ops.reference.updaters import reference_updater
 
-from .cost import (edit_flops_ratios, flops_per_iteration, iteration_time_ratio,
-                   metatrain_speedup, peak_memory_ratio, vit_b16_edit_flops, vit_b16_flops)
+from .cost import (edit_flops_ratios, edit_seconds_ratios, flops_per_iteration,
+                   iteration_time_ratio, metatrain_seconds, metatrain_speedup,
+                   peak_memory_ratio, vit_b16_edit_flops, vit_b16_flops)
 from .frontier import matched_comparison, point_means
 from .grid import MethodPoint, run_grid
 from .journal import JOURNAL, RowJournal, job_key
@@ -113,7 +114,7 @@ def run_benchmark(reference: Reference, hypernet: MaskHypernet, config: BenchCon
             log(f"  jobs {done[0]}/{total} run ({time.perf_counter() - started:.0f} s)")
 
     preserved = Preprocessor(reference.spec).normalize(reference.data.preserved.pixels)
-    extra = EditorArgs(hypernet, preserved, _updaters(reference, points, log))
+    extra = EditorArgs(hypernet, preserved, _updaters(reference, points, config.quick, log))
     try:
         rows = run_grid(model, points, cases, ks, setting.evals, extra, on_job,
                         workers=config.workers,
@@ -145,7 +146,7 @@ def run_benchmark(reference: Reference, hypernet: MaskHypernet, config: BenchCon
     }
     if config.include_cost:
         log("cost: iteration time, FLOPs, meta-training speedup, memory")
-        results["cost"] = _cost(reference, hypernet, config.quick)
+        results["cost"] = _cost(reference, hypernet, config.quick, extra.updaters)
     if config.include_components:
         results["components"] = _components(config.quick, log)
     results["seconds"] = time.perf_counter() - started
@@ -209,17 +210,23 @@ def _sequential_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _updaters(reference: Reference, points: list[MethodPoint], log: Callable[[str], None]
-              ) -> dict[str, UpdateNet]:
-    """The cached (or now meta-trained) update network of every learned editor in the grid."""
+QUICK_UPDATER_ITERATIONS = 30
+
+
+def _updaters(reference: Reference, points: list[MethodPoint], quick: bool,
+              log: Callable[[str], None]) -> dict[str, UpdateNet]:
+    """The cached (or now meta-trained) update network of every learned editor in the grid
+    (a quick run's are meta-trained briefly: structure, not quality)."""
     out = {}
     for editor in sorted({p.editor for p in points if updater_kind(p.editor)}):
         log(f"meta-training (or loading) the reference {editor} update network ...")
-        out[editor] = reference_updater(reference, updater_kind(editor))
+        out[editor] = reference_updater(reference, updater_kind(editor),
+                                        iterations=QUICK_UPDATER_ITERATIONS if quick else None)
     return out
 
 
-def _cost(reference: Reference, hypernet: MaskHypernet, quick: bool) -> dict[str, Any]:
+def _cost(reference: Reference, hypernet: MaskHypernet, quick: bool,
+          updaters: dict[str, UpdateNet]) -> dict[str, Any]:
     model = reference.model
     pre = Preprocessor(reference.spec)
     images = pre.normalize(reference.data.locality.pixels[:4])
@@ -235,7 +242,11 @@ def _cost(reference: Reference, hypernet: MaskHypernet, quick: bool) -> dict[str
         "reference_flops": flops_per_iteration(model, images[:1], labels[:1]),
         "reference_edit_flops": edit_flops_ratios(
             model, images[:1], labels[:1], pre.normalize(reference.data.preserved.pixels),
-            hypernet),
+            hypernet, updaters=updaters),
+        "reference_edit_seconds": edit_seconds_ratios(
+            model, images[:1], labels[:1], pre.normalize(reference.data.preserved.pixels),
+            hypernet, updaters=updaters, repeats=1 if quick else 3),
+        "metatrain_seconds": metatrain_seconds(reference, updaters),
         "metatrain": metatrain_speedup(model, pre.normalize(reference.data.train.pixels),
                                        iterations=1 if quick else 4),
     }

@@ -225,8 +225,11 @@ def episode_deltas(model: nn.Module, window: EditWindow,
                 flat = x.reshape(episodes, -1, x.shape[-1])
                 out = out - torch.bmm(flat, delta.transpose(1, 2)).reshape(out.shape)
             if captured is not None:
-                if not out.requires_grad:   # the first edited layer: start the graph here
-                    out = out.detach().requires_grad_()
+                if not out.requires_grad:   # the first edited layer: start the graph here,
+                    # through a zero leaf (an output that is itself a leaf trips up autograd
+                    # hooks such as torch's FLOP counter)
+                    out = out + torch.zeros(1, dtype=out.dtype, device=out.device,
+                                            requires_grad=True)
                 captured.append((x, out))
             return out
         return run

@@ -4,7 +4,10 @@ the base change (all recorded in their config)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,13 +40,18 @@ def _current(net: UpdateNet, reference: Reference, config: UpdaterTrainConfig,
 
 
 def reference_updater(reference: Reference, kind: str, reference_dir: str | Path | None = None,
+                      iterations: int | None = None,
                       on_iteration: Callable[[int, int, dict], None] | None = None
                       ) -> UpdateNet:
     """The cached ``kind`` update network of the reference model, meta-training it (on one
-    thread, for results that do not depend on the host's cores) if missing or stale."""
+    thread, for results that do not depend on the host's cores) if missing or stale;
+    ``iterations`` (e.g. a quick run's) overrides the recipe's and is cached apart."""
     root = _directory(reference_dir)
-    directory = root / UPDATERS_DIR / kind
     config = reference_updater_config(kind)
+    if iterations is not None:
+        config = replace(config, iterations=iterations)
+    digest = hashlib.sha256(json.dumps(config.settings(), sort_keys=True).encode()).hexdigest()
+    directory = root / UPDATERS_DIR / f"{kind}-{digest[:12]}"
     window = reference_window(reference.model, root)
     try:
         net = load_updater(directory)
