@@ -68,6 +68,9 @@ class ScopedSettings(BaseModel):
                                 "outside a new scope.")
     avoid_neighbours: bool = Field(True, description="Keep the images of the night's other "
                                    "units (errors and confirmed-correct) outside a new scope.")
+    per_key_ratio: bool = Field(False, description="nearest: every patch image gets its own "
+                                "distance ratio, so a clean image near one edge of a large "
+                                "subpopulation shrinks the scope only there.")
     radius_scale: float | None = Field(
         RADIUS_SCALE, gt=0, description="nearest: a scope also ends this many times its "
         "images' largest nearest-neighbour distance from them, so a later, unrelated shift "

@@ -230,4 +230,5 @@ def _scoped_editor(context: ChampionContext, images: GroupImages, settings: Edit
                         outside=context.suite.inputs(preserved.pixels[outside]),
                         rule=scoped.rule, margin=scoped.margin,
                         avoid_earlier=scoped.avoid_earlier,
-                        avoid=neighbours, radius_scale=scoped.radius_scale)
+                        avoid=neighbours, radius_scale=scoped.radius_scale,
+                        per_key=scoped.per_key_ratio)

@@ -132,12 +132,17 @@ class RouterScope(Scope):
         return keys.float() @ self.weight + self.bias > 0
 
 
-def _nearest_distance(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Distance from each query row to its nearest row of ``points`` (exports to ONNX as
-    matrix products, no cdist)."""
+def _distances(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Distance from each query row to every row of ``points`` (exports to ONNX as matrix
+    products, no cdist)."""
     squared = ((query * query).sum(-1, keepdim=True) - 2 * query @ points.T
                + (points * points).sum(-1)[None])
-    return squared.clamp_min(0).min(-1).values.sqrt()
+    return squared.clamp_min(0).sqrt()
+
+
+def _nearest_distance(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Distance from each query row to its nearest row of ``points``."""
+    return _distances(query, points).min(-1).values
 
 
 def nearest_other(points: torch.Tensor) -> torch.Tensor:
@@ -165,17 +170,21 @@ class NearestScope(Scope):
         self.register_buffer("matrix", matrix.float())
         self.register_buffer("keys", keys.float())
         self.register_buffer("negatives", negatives.float())
-        self.register_buffer("alpha", alpha.float().reshape(()))
+        # one ratio for every key, or one per key (``fit_nearest_scope(per_key=True)``)
+        self.register_buffer("alpha", alpha.float())
         if radius is not None:  # patches saved before the radius existed have none
             self.register_buffer("radius", radius.float().reshape(()))
 
     def covers(self, keys: torch.Tensor) -> torch.Tensor:
+        """Inside when some key within the radius is nearer than its ratio times the nearest
+        negative; with one shared ratio, that is the nearest key (the rule as first fitted)."""
         z = (keys.float() - self.center) @ self.matrix
-        nearest = _nearest_distance(z, self.keys)
-        inside = nearest < self.alpha * _nearest_distance(z, self.negatives)
+        distances = _distances(z, self.keys)
         if hasattr(self, "radius"):
-            inside = inside & (nearest <= self.radius)
-        return inside
+            distances = torch.where(distances <= self.radius, distances,
+                                    torch.full_like(distances, float("inf")))
+        scaled = (distances / self.alpha).min(-1).values
+        return scaled < _nearest_distance(z, self.negatives)
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,7 @@ def fit_scope(inside: torch.Tensor, outside: torch.Tensor, reference: torch.Tens
 
 def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
                       margin: float = 0.8, avoid: torch.Tensor | None = None,
-                      radius_scale: float | None = None) -> ScopeFit:
+                      radius_scale: float | None = None, per_key: bool = False) -> ScopeFit:
     """A :class:`NearestScope` for ``inside`` keys against ``outside`` keys (whitened with
     them) and ``avoid`` keys.
 
@@ -248,6 +257,11 @@ def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
     negatives is zero). ``radius_scale`` bounds the scope to that many times the largest
     distance from an inside image to its nearest other inside image (how far apart the
     subpopulation's own images lie, so its unseen images fall within); None: no bound.
+    ``per_key`` gives every inside key its own ratio, the smallest over the outside images of
+    their distance to *that* key over their distance to the nearest other outside image: one
+    clean image near one edge of a large, loose subpopulation then shrinks the scope around
+    the keys near it, not around all of them; each outside image still meets every key's
+    ratio with the margin.
     """
     if len(inside) < 1 or len(outside) < MIN_OUTSIDE:
         raise InvalidInputError(f"a scope needs at least 1 inside and {MIN_OUTSIDE} outside "
@@ -258,11 +272,11 @@ def fit_nearest_scope(inside: torch.Tensor, outside: torch.Tensor, prefix: int,
         raise InvalidInputError(f"the scope radius scale must be positive, got {radius_scale}")
     whiten = Whitening.fit(outside)
     k, p = whiten(inside), whiten(outside)
-    ratio = torch.cdist(p, k).min(1).values / nearest_other(p).clamp_min(1e-12)
+    ratios = torch.cdist(p, k) / nearest_other(p).clamp_min(1e-12)[:, None]   # (P, K)
+    alpha = margin * (ratios.min(0).values if per_key else ratios.min())
     negatives = p if avoid is None or len(avoid) == 0 else torch.cat([p, whiten(avoid)])
     radius = None
     if radius_scale is not None and len(k) > 1:
         radius = torch.tensor(radius_scale * float(nearest_other(k).max()))
-    scope = NearestScope(whiten.center, whiten.matrix, k, negatives,
-                         torch.tensor(margin * float(ratio.min())), prefix, radius)
-    return ScopeFit(scope, scope.covers(inside), float(scope.alpha))
+    scope = NearestScope(whiten.center, whiten.matrix, k, negatives, alpha, prefix, radius)
+    return ScopeFit(scope, scope.covers(inside), float(scope.alpha.min()))

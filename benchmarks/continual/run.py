@@ -63,6 +63,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("scopes, the night's other units not avoided",
             {"scoped": {"avoid_neighbours": False}},
             note="new scopes not trained to keep the same night's other units' images out"),
+    Variant("scopes, a ratio per patch image", {"scoped": {"per_key_ratio": True}},
+            note="nearest rule with each patch image's own ratio: a clean image near one edge "
+                 "of a large subpopulation no longer shrinks the whole scope"),
     Variant("localized (paper), groups only",
             {"subpopulations": False, "null_space_energy": 0.0, "jitter_copies": 0,
              "ce_target": 0.01, "preserve": False},

@@ -41,6 +41,7 @@ class ScopedEditor(Editor):
     avoid_earlier: bool = True
     avoid: torch.Tensor | None = None  # model inputs of other patches made alongside this one
     radius_scale: float | None = None  # nearest: bound (``scope.fit_nearest_scope``)
+    per_key: bool = False  # nearest: a ratio per key (``scope.fit_nearest_scope``)
     name: str = "scoped"
 
     def edit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EditResult:
@@ -57,7 +58,8 @@ class ScopedEditor(Editor):
         if self.rule == "nearest":
             fit = fit_nearest_scope(inside_keys, outside_keys, prefix_tokens(model),
                                     margin=0.8 if self.margin is None else self.margin,
-                                    avoid=earlier, radius_scale=self.radius_scale)
+                                    avoid=earlier, radius_scale=self.radius_scale,
+                                    per_key=self.per_key)
         elif self.rule == "router":
             fit = fit_scope(inside_keys, outside_keys, outside_keys, prefix_tokens(model),
                             margin=self.margin or 0.0, avoid=earlier)
