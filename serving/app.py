@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +29,6 @@ from monitoring import PredictionLogger, open_image_store, open_store
 from monitoring.feedback import submit_feedback
 from registry.versions import CHAMPION
 from vitedit_ops.errors import InvalidInputError
-from vitedit_ops.preprocess import Preprocessor, open_image
 
 from .batching import Batcher, NoChampionError
 from .champion import Champion
@@ -61,28 +59,6 @@ class ServeConfig:
     top_k: int = 3
     threads: int | None = None   # onnxruntime intra-op threads (default: its own choice)
     webhook_secret: str | None = None  # MLflow webhook secret; None: no webhook endpoint
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """A request's images after decoding: the model inputs of the readable ones, and per
-    image either its index into those inputs or its error."""
-
-    inputs: torch.Tensor | None
-    slots: list[int | str]
-
-
-def _decode(preprocessor: Preprocessor, uploads: list[Upload]) -> _Decoded:
-    pixels: list[torch.Tensor] = []
-    slots: list[int | str] = []
-    for upload in uploads:
-        try:
-            pixels.append(preprocessor.pixels_from_pil(open_image(upload.data, upload.name)))
-            slots.append(len(pixels) - 1)
-        except InvalidInputError as exc:
-            slots.append(str(exc))
-    inputs = preprocessor.normalize(torch.stack(pixels)) if pixels else None
-    return _Decoded(inputs, slots)
 
 
 def _top_k(champion: Champion, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -140,8 +116,7 @@ class Service:
         declared = int(request.headers.get("content-length") or 0)
         if declared > MAX_BODY_BYTES:
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        champion = self.slot.current
-        if champion is None:
+        if self.slot.current is None:
             return _error(503, "no verified champion loaded yet", **{
                 "Retry-After": RETRY_AFTER_SECONDS})
         try:
@@ -149,16 +124,13 @@ class Service:
                                    await request.body())
         except InvalidInputError as exc:
             return _error(400, str(exc))
-        decoded = await asyncio.to_thread(_decode, champion.preprocessor, uploads)
-        served: Champion | None = None
-        probs = np.empty((0, 0), np.float32)
-        if decoded.inputs is not None:
-            try:
-                served, probs = await self.batcher.predict(decoded.inputs)
-            except NoChampionError as exc:
-                return _error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
-        answers = [self._answer(upload, slot, served, probs)
-                   for upload, slot in zip(uploads, decoded.slots)]
+        try:
+            answered = await self.batcher.predict(uploads)
+        except NoChampionError as exc:
+            return _error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+        served = answered.champion if len(answered.probs) else None
+        answers = [self._answer(upload, slot, served, answered.probs)
+                   for upload, slot in zip(uploads, answered.slots)]
         body = {"model": self.config.model, "version": served.version if served else None,
                 "predictions": answers}
         return JSONResponse(body, status_code=200 if served is not None else 422)
@@ -174,7 +146,7 @@ class Service:
             prediction_id, model=champion.name, model_version=champion.version,
             model_alias=CHAMPION, predicted_class=top[0]["class"],
             topk=[[t["class"], t["probability"]] for t in top], image=upload.data,
-            image_decoded=True,  # _decode opened it in full to predict on it
+            image_decoded=True,  # the batch opened it in full to predict on it
             metadata={"filename": upload.name})
         self.metrics.images.labels("predicted").inc()
         return {"name": upload.name, "prediction_id": prediction_id,
