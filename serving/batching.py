@@ -51,28 +51,45 @@ class _Pending:
     future: asyncio.Future[Answered] = field(repr=False)
 
 
-def _predict_batch(champion: Champion, requests: list[list[Upload]]) -> list[Answered]:
-    """Decode, preprocess and predict every image of ``requests`` with one champion."""
+def _decode(champion: Champion, uploads: list[Upload], pixels: list[torch.Tensor]
+            ) -> list[int | str]:
+    """Append a request's readable images to ``pixels``; per image its index or its error."""
+    slots: list[int | str] = []
+    for upload in uploads:
+        try:
+            image = open_image(upload.data, upload.name)
+            pixels.append(champion.preprocessor.pixels_from_pil(image))
+            slots.append(len(pixels) - 1)
+        except InvalidInputError as exc:
+            slots.append(str(exc))
+    return slots
+
+
+def _predict_batch(champion: Champion, requests: list[list[Upload]]
+                   ) -> list[Answered | Exception]:
+    """Decode, preprocess and predict every image of ``requests`` with one champion; a
+    request whose decoding fails unexpectedly gets its error, the others their answers."""
     pixels: list[torch.Tensor] = []
-    slots: list[list[int | str]] = []
+    decoded: list[list[int | str] | Exception] = []
     for uploads in requests:
-        slots.append([])
-        for upload in uploads:
-            try:
-                image = open_image(upload.data, upload.name)
-                pixels.append(champion.preprocessor.pixels_from_pil(image))
-                slots[-1].append(len(pixels) - 1)
-            except InvalidInputError as exc:
-                slots[-1].append(str(exc))
+        kept = len(pixels)
+        try:
+            decoded.append(_decode(champion, uploads, pixels))
+        except Exception as exc:  # noqa: BLE001 - it fails its own request only
+            del pixels[kept:]
+            decoded.append(exc)
     probs = np.empty((0, champion.spec.num_classes), np.float32)
     if pixels:
         probs = champion.probabilities(champion.preprocessor.normalize(torch.stack(pixels)))
-    answers = []
-    for request_slots in slots:
-        rows = [slot for slot in request_slots if isinstance(slot, int)]
+    answers: list[Answered | Exception] = []
+    for slots in decoded:
+        if isinstance(slots, Exception):
+            answers.append(slots)
+            continue
+        rows = [slot for slot in slots if isinstance(slot, int)]
         first = rows[0] if rows else 0
         answers.append(Answered(champion, [slot - first if isinstance(slot, int) else slot
-                                           for slot in request_slots],
+                                           for slot in slots],
                                 probs[first:first + len(rows)]))
     return answers
 
@@ -157,9 +174,13 @@ class Batcher:
             raise NoChampionError("no verified champion is loaded yet")
         answers = await loop.run_in_executor(self._executor, _predict_batch, champion,
                                              [p.uploads for p in batch])
-        images = sum(len(answer.probs) for answer in answers)
+        images = sum(len(a.probs) for a in answers if isinstance(a, Answered))
         if images:
             self.on_batch(images)
         for pending, answer in zip(batch, answers):
-            if not pending.future.done():  # a client that went away cancelled its future
+            if pending.future.done():  # a client that went away cancelled its future
+                continue
+            if isinstance(answer, Exception):
+                pending.future.set_exception(answer)
+            else:
                 pending.future.set_result(answer)
