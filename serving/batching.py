@@ -1,11 +1,13 @@
-"""Dynamic batching across clients: one asyncio queue, one worker, one onnxruntime call per
-batch.
+"""Dynamic batching across clients: one asyncio queue, one worker, one thread that decodes,
+preprocesses and predicts a whole batch in one onnxruntime call.
 
 A request's images travel together (one version answers a whole request). The worker takes
 the first waiting request, then whatever arrives within ``window`` seconds up to ``max_batch``
-images, and runs the batch in a thread so the event loop keeps accepting requests meanwhile.
-The champion is read once per batch: a swap between batches never splits one, and a batch in
-flight finishes on the session it started with.
+images, and hands the batch to its thread so the event loop keeps accepting requests
+meanwhile: one hand-off per batch rather than per request, and one normalisation of the
+stacked pixels. The champion is read once per batch: its preprocessor and session answer the
+whole batch, a swap between batches never splits one, and a batch in flight finishes on the
+session it started with.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vitedit_ops.errors import InvalidInputError
+from vitedit_ops.preprocess import open_image
+
 from .champion import Champion
+from .payload import Upload
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +35,67 @@ class NoChampionError(RuntimeError):
     """No verified champion is loaded yet (the server answers 503)."""
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A request's answer from one champion: per image either its row of ``probs`` or why it
+    could not be read (an unreadable image costs that image only)."""
+
+    champion: Champion
+    slots: list[int | str]
+    probs: np.ndarray  # (readable images, num_classes)
+
+
 @dataclass
 class _Pending:
-    inputs: torch.Tensor  # (n, C, H, W), normalised
-    future: asyncio.Future[tuple[Champion, np.ndarray]] = field(repr=False)
+    uploads: list[Upload]
+    future: asyncio.Future[Answered] = field(repr=False)
+
+
+def _decode(champion: Champion, uploads: list[Upload], pixels: list[torch.Tensor]
+            ) -> list[int | str]:
+    """Append a request's readable images to ``pixels``; per image its index or its error."""
+    slots: list[int | str] = []
+    for upload in uploads:
+        try:
+            image = open_image(upload.data, upload.name)
+            pixels.append(champion.preprocessor.pixels_from_pil(image))
+            slots.append(len(pixels) - 1)
+        except InvalidInputError as exc:
+            slots.append(str(exc))
+    return slots
+
+
+def _predict_batch(champion: Champion, requests: list[list[Upload]]
+                   ) -> list[Answered | Exception]:
+    """Decode, preprocess and predict every image of ``requests`` with one champion; a
+    request whose decoding fails unexpectedly gets its error, the others their answers."""
+    pixels: list[torch.Tensor] = []
+    decoded: list[list[int | str] | Exception] = []
+    for uploads in requests:
+        kept = len(pixels)
+        try:
+            decoded.append(_decode(champion, uploads, pixels))
+        except Exception as exc:  # noqa: BLE001 - it fails its own request only
+            del pixels[kept:]
+            decoded.append(exc)
+    probs = np.empty((0, champion.spec.num_classes), np.float32)
+    if pixels:
+        probs = champion.probabilities(champion.preprocessor.normalize(torch.stack(pixels)))
+    answers: list[Answered | Exception] = []
+    for slots in decoded:
+        if isinstance(slots, Exception):
+            answers.append(slots)
+            continue
+        rows = [slot for slot in slots if isinstance(slot, int)]
+        first = rows[0] if rows else 0
+        answers.append(Answered(champion, [slot - first if isinstance(slot, int) else slot
+                                           for slot in slots],
+                                probs[first:first + len(rows)]))
+    return answers
 
 
 class Batcher:
-    """Queue of normalised requests in front of the current champion's session."""
+    """Queue of requests' images in front of the current champion's session."""
 
     def __init__(self, current: Callable[[], Champion | None], *, max_batch: int,
                  window: float, on_batch: Callable[[int], None]) -> None:
@@ -63,11 +122,10 @@ class Batcher:
                 pending.future.set_exception(NoChampionError("the server is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def predict(self, inputs: torch.Tensor) -> tuple[Champion, np.ndarray]:
-        """Probabilities of one request's images and the champion that computed them."""
-        future: asyncio.Future[tuple[Champion, np.ndarray]] = \
-            asyncio.get_running_loop().create_future()
-        self._waiting.append(_Pending(inputs, future))
+    async def predict(self, uploads: list[Upload]) -> Answered:
+        """One request's images, decoded and predicted by the champion of their batch."""
+        future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Pending(uploads, future))
         self._arrived.set()
         return await future
 
@@ -97,29 +155,32 @@ class Batcher:
     async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
         await self._next_arrival(None)
         batch = [self._waiting.popleft()]
-        size = len(batch[0].inputs)
+        size = len(batch[0].uploads)
         deadline = loop.time() + self.window
         while size < self.max_batch:
             if not self._waiting:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not await self._next_arrival(remaining):
                     break
-            if size + len(self._waiting[0].inputs) > self.max_batch:
+            if size + len(self._waiting[0].uploads) > self.max_batch:
                 break  # the next request does not fit: it starts the next batch
             batch.append(self._waiting.popleft())
-            size += len(batch[-1].inputs)
+            size += len(batch[-1].uploads)
         return batch
 
     async def _answer(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         champion = self.current()
         if champion is None:
             raise NoChampionError("no verified champion is loaded yet")
-        inputs = torch.cat([p.inputs for p in batch])
-        probs = await loop.run_in_executor(self._executor, champion.probabilities, inputs)
-        self.on_batch(len(inputs))
-        offset = 0
-        for pending in batch:
-            n = len(pending.inputs)
-            if not pending.future.done():  # a client that went away cancelled its future
-                pending.future.set_result((champion, probs[offset:offset + n]))
-            offset += n
+        answers = await loop.run_in_executor(self._executor, _predict_batch, champion,
+                                             [p.uploads for p in batch])
+        images = sum(len(a.probs) for a in answers if isinstance(a, Answered))
+        if images:
+            self.on_batch(images)
+        for pending, answer in zip(batch, answers):
+            if pending.future.done():  # a client that went away cancelled its future
+                continue
+            if isinstance(answer, Exception):
+                pending.future.set_exception(answer)
+            else:
+                pending.future.set_result(answer)
