@@ -171,7 +171,7 @@ def product_defaults() -> dict[str, Any]:
 
 SEQUENTIAL_FAMILIES = (PRODUCT, PAPER, "random mask", "random mask + product options",
                        "localized, previous default", "window FT", "FT-L2", "LoRA", "KN", "ROME",
-                       "ROME+LoRA", "T-Patcher", "GRACE", "SERAC")
+                       "ROME+LoRA", "T-Patcher", "GRACE", "SERAC", "KE", "MEND")
 
 
 def _sequential(model, setting, comparisons, config: BenchConfig, extra, log, selected
