@@ -19,7 +19,8 @@ demo: $(STAMP)
 
 # Two pytest-xdist workers by default, one per core (a module's tests stay on one worker, so
 # its module fixtures are built once): 743-745 tests took 11 min 8 s to 12 min 6 s in three
-# quiet runs on 2 cores, against 23 min serial. TEST_WORKERS=0 runs it serially.
+# quiet runs on 2 cores, against 23 min serial; 776 tests took 16 min 43 s on 2026-12-03
+# (load ~3, the suite's own; over the 12-minute goal). TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadscope
 
