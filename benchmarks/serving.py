@@ -316,11 +316,9 @@ def _bare_ort(onnx_path: Path, inputs: Any, seconds: float, as_served: bool
     """Images/s of a bare onnxruntime session on batches of CONCURRENCY normalised images:
     onnxruntime's defaults, or the server's options (idle threads sleep), which run faster on
     a busy machine and may run slower on an idle one; the ratio takes the faster."""
-    from serving.champion import serving_session
     from vitedit_ops.export import load_session
 
-    session = (serving_session(onnx_path) if as_served
-               else load_session(onnx_path, prefer_cuda=True))
+    session = load_session(onnx_path, prefer_cuda=True, spinning=not as_served)
     name = session.get_inputs()[0].name
     batch = inputs[:CONCURRENCY].numpy()
     session.run(None, {name: batch})

@@ -25,7 +25,7 @@ from registry.errors import RegistryError
 from registry.loading import download_served
 from registry.signing import grant_tag
 from registry.versions import CHAMPION, VersionInfo
-from vitedit_ops.export import ExportError, active_provider, session_providers
+from vitedit_ops.export import active_provider, load_session
 from vitedit_ops.models import ModelSpec
 from vitedit_ops.preprocess import Preprocessor
 
@@ -82,24 +82,6 @@ def signed_move(info: VersionInfo, tracking_uri: str | None = None) -> str:
     return value if names else ""
 
 
-def serving_session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime session whose idle intra-op threads sleep instead of spinning: between
-    batches the cores they would burn are the ones the event loop, decoding and the logger
-    need (their spinning cost ~1 ms of CPU per served image on 2 cores)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: no provider-fallback noise on CPU hosts
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), sess_options=options,
-                                    providers=session_providers(prefer_cuda=True))
-    except Exception as exc:
-        raise ExportError(f"onnxruntime cannot load {path}: {exc}") from exc
-
-
 def load(info: VersionInfo, tracking_uri: str | None = None,
          threads: int | None = None, not_before: int = 0) -> Champion:
     """Download, verify and load ``info``; raises ``PromotionRefusedError`` if it does not
@@ -108,7 +90,8 @@ def load(info: VersionInfo, tracking_uri: str | None = None,
     try:
         onnx_path, spec, move = download_served(info, root, tracking_uri,
                                                 not_before=not_before)
-        session = serving_session(onnx_path, threads)
+        # idle threads sleep: between batches their cores serve HTTP, decoding and logging
+        session = load_session(onnx_path, prefer_cuda=True, threads=threads, spinning=False)
     finally:
         shutil.rmtree(root, ignore_errors=True)  # the session holds the graph in memory
     return Champion(name=info.name, version=info.version, run_id=info.run_id,

@@ -80,16 +80,22 @@ def session_providers(prefer_cuda: bool = True) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def load_session(path: str | Path, prefer_cuda: bool = True, threads: int | None = None):
+def load_session(path: str | Path, prefer_cuda: bool = True, threads: int | None = None,
+                 spinning: bool = True):
     """An onnxruntime session on the best provider actually active (not merely installed).
 
     ``threads`` caps onnxruntime's intra-op CPU threads (default: its own choice, one per
-    physical core), e.g. to compare it with torch at the same thread count.
+    physical core), e.g. to compare it with torch at the same thread count. ``spinning=False``
+    lets idle intra-op threads sleep instead of spinning between runs: a server needs those
+    cores for everything around inference (measured at ~1 ms of CPU per served image on 2
+    cores, docs/serving.md).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no provider-fallback noise on CPU hosts
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
