@@ -128,6 +128,15 @@ def _whole_editor(method: str, model: nn.Module, hypernet: Any, preserved: torch
                          max_steps=1 if kind else steps, ce_target=NEVER_STOP, updater=updater)
 
 
+def _ratios_to_full_ft(measure: Callable[[str], float], methods: tuple[str, ...],
+                       hypernet: Any) -> tuple[float, dict[str, float]]:
+    """Full FT's figure and every method's as a ratio to it (the localized editor only with
+    a hypernetwork)."""
+    full = measure("full_ft")
+    return full, {f"{m}_ratio": measure(m) / full for m in methods
+                  if m != "localized" or hypernet is not None}
+
+
 def edit_seconds_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                         preserved: torch.Tensor, hypernet: Any = None, steps: int = 10,
                         methods: tuple[str, ...] = BASELINES,
@@ -145,13 +154,8 @@ def edit_seconds_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Te
             times.append(time.perf_counter() - start)
         return min(times)
 
-    full = best("full_ft")
-    out: dict[str, Any] = {"steps": steps, "batch": len(images), "full_ft_seconds": full}
-    for method in methods:
-        if method == "localized" and hypernet is None:
-            continue
-        out[f"{method}_ratio"] = best(method) / full
-    return out
+    full, ratios = _ratios_to_full_ft(best, methods, hypernet)
+    return {"steps": steps, "batch": len(images), "full_ft_seconds": full, **ratios}
 
 
 def metatrain_seconds(reference: Any, updaters: dict[str, UpdateNet]) -> dict[str, Any]:
@@ -182,14 +186,9 @@ def edit_flops_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         editor = _whole_editor(method, model, hypernet, preserved, steps, updaters)
         return _flops(lambda: editor.edit(model, images, labels))
 
-    full = whole("full_ft")
-    out: dict[str, Any] = {"steps": steps, "batch": len(images), "pool": len(preserved),
-                           "full_ft_gflops": full / 1e9}
-    for method in methods:
-        if method == "localized" and hypernet is None:
-            continue
-        out[f"{method}_ratio"] = whole(method) / full
-    return out
+    full, ratios = _ratios_to_full_ft(whole, methods, hypernet)
+    return {"steps": steps, "batch": len(images), "pool": len(preserved),
+            "full_ft_gflops": full / 1e9, **ratios}
 
 
 def vit_b16_edit_flops(steps: int = 10) -> dict[str, Any]:

@@ -48,6 +48,13 @@ def option_prefixes() -> tuple[str, ...]:
     return tuple(f"{name}_" for name in EPISODES.names())
 
 
+def episode_settings(settings: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A config's ``settings`` without the options of episode kinds other than ``kind``, so
+    adding a kind changes no existing fingerprint or cached network's match."""
+    return {k: v for k, v in settings.items()
+            if not k.startswith(option_prefixes()) or k.startswith(f"{kind}_")}
+
+
 def patch_grid(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
     """(rows, cols) of the model's patch grid; rectangles align to it."""
     embed = getattr(model, "patch_embed", None)

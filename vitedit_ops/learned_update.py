@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import IncompatibleBaseError, VitEditError
+from .errors import IncompatibleBaseError, InvalidInputError, VitEditError
 from .forward import SplitForward
 from .hypernet import Lineage, base_lineage
 from .models import fingerprint_state, tensor_fingerprints
@@ -96,6 +96,7 @@ class UpdateNet(nn.Module):
     per-matrix step every kind multiplies its update by."""
 
     kind = "updater"
+    SIZES: dict[str, int] = {}
 
     def __init__(self, config: UpdaterConfig) -> None:
         super().__init__()
@@ -113,8 +114,18 @@ class UpdateNet(nn.Module):
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """The kind's sizes with its defaults filled in (unknown ones refused)."""
-        raise NotImplementedError
+        """The kind's sizes (``SIZES``: name -> default, each a positive integer) with the
+        defaults filled in; an option the kind does not have is refused."""
+        unknown = sorted(set(options) - set(cls.SIZES))
+        if unknown:
+            raise InvalidInputError(f"unknown {cls.kind.upper()} option(s) "
+                                    f"{', '.join(unknown)}; it takes "
+                                    f"{', '.join(sorted(cls.SIZES)) or 'none'}")
+        sizes = {name: int(options.get(name, default)) for name, default in cls.SIZES.items()}
+        small = [name for name, value in sizes.items() if value < 1]
+        if small:
+            raise InvalidInputError(f"{cls.kind.upper()}'s {', '.join(small)} must be >= 1")
+        return sizes
 
     def observe(self, factors: Sequence[Factors]) -> None:
         """Training only: update whatever statistics of the gradients the kind keeps."""

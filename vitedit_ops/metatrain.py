@@ -29,7 +29,7 @@ from torch import nn
 
 from .editors.base import frozen
 from .errors import InvalidInputError
-from .episodes import EpisodeBatch, episodes_from_config, option_prefixes
+from .episodes import EpisodeBatch, episode_settings, episodes_from_config
 from .forward import SplitForward, pooled_embedding
 from .hypernet import MASK_SHARPNESS, MaskHypernet, new_hypernet
 from .sites import EditWindow, edit_window
@@ -69,9 +69,7 @@ class MetaTrainConfig:
     def settings(self) -> dict[str, Any]:
         """Every setting but the options of episode kinds not in use, so that adding a kind
         changes neither an existing fingerprint nor a cached hypernetwork's match."""
-        return {k: v for k, v in asdict(self).items()
-                if not k.startswith(option_prefixes())
-                or k.startswith(f"{self.episodes}_")}
+        return episode_settings(asdict(self), self.episodes)
 
     def fingerprint(self) -> str:
         """Settings that change results (not bookkeeping) -> checkpoint compatibility."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .editors.base import frozen
-from .episodes import episodes_from_config, option_prefixes
+from .episodes import episode_settings, episodes_from_config
 from .errors import InvalidInputError
 from .forward import SplitForward, pooled_embedding
 from .learned_update import (EditInputs, UpdateNet, episode_deltas, matrix_weights,
@@ -56,8 +56,7 @@ class UpdaterTrainConfig:
 
     def settings(self) -> dict[str, Any]:
         """Every setting but the options of episode kinds not in use."""
-        return {k: v for k, v in asdict(self).items()
-                if not k.startswith(option_prefixes()) or k.startswith(f"{self.episodes}_")}
+        return episode_settings(asdict(self), self.episodes)
 
 
 @dataclass

@@ -90,6 +90,8 @@ def test_learned_editors_refuse_what_they_cannot_use(vit, batch, tmp_path):
         new_updater("mend", vit, width=3)
     with pytest.raises(InvalidInputError, match="rank"):
         new_updater("mend", vit, rank=0)
+    with pytest.raises(InvalidInputError, match="unknown KE option"):
+        new_updater("ke", vit, rank=8)  # MEND's size is not KE's
     with pytest.raises(InvalidInputError, match="unknown update network kind"):
         new_updater("rome", vit)
     with pytest.raises(VitEditError, match="unreadable"):

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
 from ..learned_update import EditInputs, Factors, UpdateNet, UpdaterConfig, register_updater
 from .base import register_editor
 from .learned import LearnedUpdateEditor
@@ -33,6 +31,7 @@ class KENet(UpdateNet):
     """KE's conditioned gradient masks for every matrix of an edit window."""
 
     kind = "ke"
+    SIZES = {"hidden": DEFAULT_HIDDEN}
 
     def __init__(self, config: UpdaterConfig) -> None:
         super().__init__(config)
@@ -49,16 +48,6 @@ class KENet(UpdateNet):
             with torch.no_grad():
                 head.bias[out_f:out_f + in_f] = GAMMA_START
             self.heads.append(head)
-
-    @classmethod
-    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - {"rank", "hidden"})
-        if unknown:
-            raise InvalidInputError(f"unknown KE option(s) {', '.join(unknown)}")
-        hidden = int(options.get("hidden", DEFAULT_HIDDEN))
-        if hidden < 1:
-            raise InvalidInputError("KE's hidden width must be >= 1")
-        return {"hidden": hidden}
 
     def raw_updates(self, factors: Sequence[Factors], inputs: EditInputs
                     ) -> list[torch.Tensor]:

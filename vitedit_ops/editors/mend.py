@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
 from ..learned_update import EditInputs, Factors, UpdateNet, UpdaterConfig, register_updater
 from .base import register_editor
 from .learned import LearnedUpdateEditor
@@ -50,6 +48,7 @@ class MENDNet(UpdateNet):
     """MEND's gradient decomposition network for every matrix of an edit window."""
 
     kind = "mend"
+    SIZES = {"rank": DEFAULT_RANK}
 
     def __init__(self, config: UpdaterConfig) -> None:
         super().__init__(config)
@@ -63,16 +62,6 @@ class MENDNet(UpdateNet):
             self.register_buffer(f"mean{j}", torch.zeros(sum(s)))
             self.register_buffer(f"square{j}", torch.ones(sum(s)))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(options) - {"rank", "hidden"})
-        if unknown:
-            raise InvalidInputError(f"unknown MEND option(s) {', '.join(unknown)}")
-        rank = int(options.get("rank", DEFAULT_RANK))
-        if rank < 1:
-            raise InvalidInputError("MEND's rank must be >= 1")
-        return {"rank": rank}
 
     @staticmethod
     def _tokens(factors: Factors) -> torch.Tensor:
