@@ -31,12 +31,10 @@ def reference_updater_config(kind: str) -> UpdaterTrainConfig:
                               cutmix_max_frac=REFERENCE_METATRAIN.cutmix_max_frac)
 
 
-def _current(net: UpdateNet, reference: Reference, config: UpdaterTrainConfig,
-             window: tuple[int, int]) -> bool:
-    trained = net.config.training
+def _current(net: UpdateNet, reference: Reference, window: tuple[int, int]) -> bool:
+    """Made for this build and window (its settings are in its directory's name)."""
     return (net.config.base_fingerprint == fingerprint(reference.model)
-            and tuple(net.config.window) == window
-            and all(trained.get(k) == v for k, v in config.settings().items()))
+            and tuple(net.config.window) == window)
 
 
 def reference_updater(reference: Reference, kind: str, reference_dir: str | Path | None = None,
@@ -55,7 +53,7 @@ def reference_updater(reference: Reference, kind: str, reference_dir: str | Path
     window = reference_window(reference.model, root)
     try:
         net = load_updater(directory)
-        if _current(net, reference, config, (window.start, window.end)):
+        if _current(net, reference, (window.start, window.end)):
             return net
     except VitEditError:
         pass
