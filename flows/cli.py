@@ -51,26 +51,33 @@ def nightly(
     line (exit 2 bad input, 4 infrastructure, 1 anything else); its traceback is in the
     Prefect run's logs, or on the console with --debug."""
     from pydantic import ValidationError
-    from rich.console import Console
 
-    from registry.client import first_line
-    from vitedit_ops.errors import InvalidInputError, VitEditError
-    from vitedit_ops.gate import GateConfig
-    from vitedit_ops.settings import get_settings
+    from vitedit_ops.errors import InvalidInputError
 
     from .config import EditSettings
-    from .console import flow_console
-    from .display import print_night
-    from .nightly import nightly_edit
-    from .prefect_api import prefect_api
-    from .reporting import ALREADY_REGISTERED, REGISTERED
 
+    # the settings are checked before torch, MLflow and Prefect are imported: a typo costs
+    # a fraction of a second, not the ~10 s those imports take
     try:
         settings = EditSettings(**_assignments(edit, "--edit"))
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(map(str, error["loc"])) or "settings"
         raise InvalidInputError(f"bad --edit {where}: {error['msg']}") from None
+
+    from rich.console import Console
+
+    from registry.client import first_line
+    from vitedit_ops.errors import VitEditError
+    from vitedit_ops.gate import GateConfig
+    from vitedit_ops.settings import get_settings
+
+    from .console import flow_console
+    from .display import print_night
+    from .nightly import nightly_edit
+    from .prefect_api import prefect_api
+    from .reporting import ALREADY_REGISTERED, REGISTERED
+
     overrides = GateConfig().with_overrides(gate).to_dict()
     thresholds = {k: overrides[k] for k in _assignments(gate, "--set")}
     with prefect_api(), flow_console(verbose=verbose, debug=debug):

@@ -20,7 +20,6 @@ from torch import nn
 from vitedit_ops.export import file_sha256
 from vitedit_ops.models import ModelSpec, save_model
 
-from . import plots
 from .record import GENERALIZATION, LOCALITY, EditRunRecord, GroupEdit, slug
 
 GATE_JSON = "gate/gate_report.json"
@@ -80,6 +79,8 @@ def stage_edit(record: EditRunRecord, candidate_fingerprint: str, root: Path) ->
 
 
 def _stage_plots(record: EditRunRecord, root: Path) -> list[str]:
+    from . import plots  # matplotlib: only the commands that register an edit pay its import
+
     written = []
     accepted = record.accepted_groups
     weights: list[str] = []

@@ -15,7 +15,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 DPI = 110
 
@@ -166,6 +165,9 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
         (predictions >= num_classes)
     if out_of_range.any():  # sklearn would drop such pairs silently
         raise ValueError(f"class index outside 0..{num_classes - 1}")
+    # imported here: sklearn.metrics takes ~2 s to import, and most commands never plot
+    from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
+
     return sklearn_confusion_matrix(labels, predictions, labels=np.arange(num_classes))
 
 

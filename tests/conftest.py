@@ -91,13 +91,31 @@ _servers: dict[str, Server] = {}
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                    items: list[pytest.Item]) -> None:
-    """Modules holding slow tests run first (otherwise in collection order): xdist hands out
-    whole modules in this order, so two workers then finish together instead of one waiting
-    on a slow module collected last."""
-    slow = {item.module.__name__ for item in items
-            if item.get_closest_marker("slow") and getattr(item, "module", None) is not None}
-    items.sort(key=lambda item: getattr(item, "module", None) is None
-               or item.module.__name__ not in slow)
+    """Order modules for two or more xdist workers (``make test`` passes
+    ``--no-loadscope-reorder``, so xdist hands out whole modules in this order):
+
+    1. the first module that needs the reference build (its worker builds it);
+    2. modules with slow tests that do not need it, so the other workers are busy while the
+       build runs instead of waiting on its file lock;
+    3. the other slow modules that need it (built by then);
+    4. the rest, short modules that even out the workers' finish.
+    """
+    def module(item: pytest.Item) -> str:
+        return getattr(getattr(item, "module", None), "__name__", "")
+
+    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+    needs = {module(item) for item in items if "trained_reference" in item.fixturenames}
+    builder = next((module(item) for item in items
+                    if module(item) in needs and module(item) in slow), None)
+
+    def rank(item: pytest.Item) -> int:
+        name = module(item)
+        if name == builder:
+            return 0
+        if name in slow:
+            return 2 if name in needs else 1
+        return 3
+    items.sort(key=rank)  # stable: collection order within each rank
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 # before Prefect is imported: the tests never touch the user's Prefect state
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="vitedit-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# quiet consoles; the runs still send INFO lines to the API, which tests read back
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
