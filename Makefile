@@ -17,11 +17,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vitedit-ops demo
 
-# Two pytest-xdist workers by default, one per core (a module's tests stay on one worker, so
-# its module fixtures are built once): 743-745 tests took 11 min 8 s to 12 min 6 s in three
-# quiet runs on 2 cores, against 23 min serial; 776 tests took 16 min 43 s on 2026-12-03
-# (load ~3, the suite's own; over the 12-minute goal). TEST_WORKERS=0 runs it serially.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on two cores: the suite waits a good share of its time (servers
+# starting, commands run in their own processes, polls), so a third worker fills the idle
+# core. A module's tests stay on one worker (its module fixtures are built once), in the order
+# tests/conftest.py gives (--no-loadscope-reorder: xdist would sort modules by test count and
+# run the one-test benchmarks last). TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: $(STAMP)
