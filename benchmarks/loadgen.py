@@ -23,9 +23,8 @@ BOUNDARY = b"vitedit-bench-5b8e0c1d7a9f4e23"
 
 def predict_requests(images: Sequence[bytes], per_request: int, count: int = 64
                      ) -> list[bytes]:
-    """``count`` (at least one per image for single images) ``POST /predict`` requests of
-    ``per_request`` images each, taken from ``images`` in turn: a raw PNG body for one image,
-    a multipart form of PNGs for several."""
+    """``POST /predict`` requests: one raw PNG body per image when ``per_request`` is 1, else
+    ``count`` multipart forms of ``per_request`` PNGs each, taken from ``images`` in turn."""
     if per_request < 1 or not images:
         raise ValueError(f"need images and per_request >= 1, got {len(images)} images and "
                          f"{per_request}")
