@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.serving import markdown, run_benchmark
+from vitedit_ops.models import ModelSpec
 
 
 @pytest.mark.slow
@@ -15,7 +16,13 @@ def test_quick_serving_benchmark_reports_every_figure(monkeypatch) -> None:
     # benchmark signs its own registrations, or serving would refuse its champion
     monkeypatch.delenv("VITEDIT_SIGNING_KEY_FILE", raising=False)
     monkeypatch.delenv("VITEDIT_SIGNING_KEY", raising=False)
-    result = run_benchmark(quick=True, seconds=1.0)  # the structure, not the figures
+    # the structure, not the figures: 1 s per measurement, a tiny timm ViT as the throughput
+    # model, and requests of 32 images (one whole batch each, so every batch of that row
+    # holds exactly 32: the mean of a row counts its own measurement only, no warm-up)
+    tiny = ModelSpec.describe("vit_tiny_patch16_224", 10,
+                              {"img_size": 48, "patch_size": 16, "depth": 2})
+    result = run_benchmark(quick=True, seconds=1.0, images_per_request=32,
+                           throughput_model=tiny)
     assert result["quick"] is True and "QUICK MODE" in result["note"]
     logger = result["logger"]
     for backend in ("sqlite", "postgresql"):
@@ -46,3 +53,25 @@ def test_quick_serving_benchmark_reports_every_figure(monkeypatch) -> None:
     assert swaps["stored_rows"] >= swaps["answered_predictions"]
     assert swaps["exactly_once"] is True
     assert "exactly once **True**" in markdown(result)
+    # the ratio along both axes, each model against its own bare session
+    rows = serving["ratios"]
+    assert [(r["model"], r["images_per_request"]) for r in rows] == [
+        ("reference", 1), ("reference", 32), ("vit_tiny_patch16_224", 1),
+        ("vit_tiny_patch16_224", 32)]
+    assert [r["throughput_only"] for r in rows] == [False, False, True, True]
+    assert rows[0]["served_to_bare_ratio"] == serving["served_to_bare_ratio"]
+    for row in rows:
+        assert row["failed"] == 0 and row["images_per_s"] > 0
+        assert row["served_to_bare_ratio"] == round(row["images_per_s"]
+                                                    / row["bare_images_per_s"], 3)
+        assert row["server_cpu_ms_per_image"] > 0 and row["client_cpu_ms_per_image"] > 0
+        assert row["model_cpu_ms_per_image"] > 0 and row["server_cores"] > 0
+        assert 0 <= row["event_loop_cpu_ms_per_image"] <= row["server_cpu_ms_per_image"]
+        assert row["model_share_of_cpu"] == round(row["model_cpu_ms_per_image"] / (
+            row["server_cpu_ms_per_image"] + row["client_cpu_ms_per_image"]), 3)
+    assert rows[1]["batch_sizes_mean"] == rows[3]["batch_sizes_mean"] == 32.0
+    assert rows[0]["batch_sizes_mean"] < 32.0
+    other = serving["throughput_model"]
+    assert "throughput-only" in other["model"] and "48x48" in other["model"]
+    text = markdown(result)
+    assert "vit_tiny_patch16_224 (throughput only) | 32 |" in text

@@ -27,6 +27,20 @@ def test_multipart_parts_keep_their_bytes_and_names():
                                                    ("extra", b"raw field")]
 
 
+def test_hand_written_bodies_as_curl_and_browsers_send_them():
+    # a quoted boundary, a preamble and an epilogue, a filename with a quote and a
+    # semicolon, a part without a filename (its field name), bare LF line ends in the last
+    body = (b"preamble\r\n--a b\r\n"
+            b'Content-Disposition: form-data; name="images"; filename="x \\"1\\"; y.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\r\n--a b\r\n"
+            b'Content-Disposition: form-data; name="second"\r\n\r\n'
+            b"bytes\r\n--a b\n"
+            b'Content-Disposition: form-data; name="third"\n\n\n--a b--\r\nepilogue')
+    uploads = read_uploads('multipart/form-data; boundary="a b"', body)
+    assert [(u.name, u.data) for u in uploads] == [('x "1"; y.png', b"\x89PNG\r\n"),
+                                                   ("second", b"bytes"), ("third", b"")]
+
+
 def test_a_raw_body_is_one_image():
     [upload] = read_uploads("image/png", b"\x89PNG...")
     assert (upload.name, upload.data) == ("image", b"\x89PNG...")
@@ -36,6 +50,11 @@ def test_a_raw_body_is_one_image():
     ("image/png", b"", "empty request body"),
     ("multipart/form-data; boundary=xyz", b"no parts at all", "without a boundary or parts"),
     ("multipart/form-data; boundary=xyz", b"--xyz--\r\n", "without a boundary or parts"),
+    ("multipart/form-data", b"--xyz--\r\n", "without a boundary or parts"),
+    ("multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Type: image/png\r\n\r\nx\r\n"
+     b"--xyz--\r\n", "malformed multipart body: Missing Content-Disposition"),
+    ("multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; '
+     b'name="a"\r\n\r\nno closing boundary', "malformed multipart body"),
 ])
 def test_bodies_without_an_image_are_refused(content_type, body, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -44,6 +44,14 @@ def bench(
     serving: bool = typer.Option(False, "--serving", help="Only the serving benchmark: "
                                  "logger and file-ingest records/s, served vs bare "
                                  "onnxruntime, latency under load, alias swaps."),
+    serving_images: int | None = typer.Option(None, "--serving-images", min=2, max=32,
+                                              help="With --serving: images per multipart "
+                                              "request, measured beside one per request "
+                                              "(default 16)."),
+    serving_arch: str | None = typer.Option(None, "--serving-arch", help="With --serving: "
+                                            "the timm model served beside the reference, "
+                                            "random weights, for throughput only (default "
+                                            "vit_tiny_patch16_224)."),
     seed: int = typer.Option(0, "--seed", help="With --continual or --ceiling: the "
                              "scenario's seed (which images each day serves)."),
     ceiling: bool = typer.Option(False, "--ceiling", help="Only the generalization ceiling: "
@@ -53,7 +61,7 @@ def bench(
 ) -> None:
     """Run the benchmark on the reference model; write JSON, CSV, plots and BENCHMARKS.md."""
     if serving:
-        _serving(quick, out, write_docs)
+        _serving(quick, out, write_docs, serving_images, serving_arch)
         return
     if ceiling:
         _ceiling(quick, out, write_docs, seed)
@@ -145,13 +153,15 @@ def _ceiling(quick: bool, out: Path | None, write_docs: bool | None, seed: int =
              write_docs if write_docs is not None else not quick)
 
 
-def _serving(quick: bool, out: Path | None, write_docs: bool | None) -> None:
+def _serving(quick: bool, out: Path | None, write_docs: bool | None,
+             images_per_request: int | None = None, arch: str | None = None) -> None:
     """``bench --serving``: benchmarks/serving.py alone, its section of docs/BENCHMARKS.md."""
     from benchmarks.serving import markdown, run_benchmark
 
     out = out or Path("bench-results") / datetime.now().strftime("serving-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    results = run_benchmark(quick=quick)
+    results = run_benchmark(quick=quick, images_per_request=images_per_request,
+                            throughput_model=arch)
     _publish("serving", results, markdown(results), out,
              write_docs if write_docs is not None else not quick)
 
