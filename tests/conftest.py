@@ -43,8 +43,8 @@ TEST_METATRAIN_ITERATIONS = 30
 # set by pytest-xdist in its workers (`make test` runs two); empty in a serial run
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if XDIST_WORKER:
-    # two workers on two cores: one compute thread each (torch reads this at import), and
-    # for the commands the tests start
+    # as many workers as cores or more (`make test` runs three on two): one compute thread
+    # each (torch reads this at import), and for the commands the tests start
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # xdist exports COLUMNS=80 to its workers: a rich console built at import would keep 80
     # columns whatever a test's CliRunner sets, so workers get the serial run's environment
