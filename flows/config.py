@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vitedit_ops.editors import (OPTIMIZERS, PRODUCT, PRODUCT_SCOPED, editor_options,
-                                 list_editors, takes_preserved)
+                                 list_editors, takes_preserved, updater_kind)
 from vitedit_ops.gate import GateConfig
 from vitedit_ops.scope import RADIUS_SCALE
 
@@ -179,6 +179,14 @@ class EditSettings(BaseModel):
     @property
     def edits_subpopulations(self) -> bool:
         return self.subpopulations and self.strategy == "edit"
+
+    @property
+    def updater_kinds(self) -> tuple[str, ...]:
+        """The lineage's update networks the night edits with (KE, MEND: ``method`` for the
+        (true, predicted) groups, ``scoped.method`` inside scopes)."""
+        methods = [self.method] if self.strategy == "edit" else []
+        methods += [self.scoped.method] if self.edits_subpopulations else []
+        return tuple(dict.fromkeys(k for k in map(updater_kind, methods) if k))
 
     def editor_options(self) -> dict[str, Any]:
         """Keyword arguments of ``create_editor`` besides the hypernetwork/window/pool."""

@@ -206,6 +206,23 @@ def verify_version(info: VersionInfo, keys: Keys | None = None
     return signed, problems
 
 
+# --- lineage assets -------------------------------------------------------------------------
+
+def sign_asset(record: dict[str, str], keys: Keys) -> str:
+    """The signature of a lineage asset's record (which asset of which base: run, hash)."""
+    if keys.signing is None:
+        raise SigningKeyError(NO_KEY)
+    return _signature(keys.signing, _canonical(record))
+
+
+def check_asset(record: dict[str, str], signature: str, what: str,
+                keys: Keys | None = None) -> str | None:
+    """Why ``signature`` does not vouch for the asset ``record`` describes (None: it does)."""
+    if not signature:
+        return f"{what}: unsigned (no signature tag): nothing vouches for its run and hash"
+    return _check_mac(keys or configured_keys(), _canonical(record), signature, what)
+
+
 # --- alias grants ---------------------------------------------------------------------------
 
 def grant_tag(alias: str) -> str:
