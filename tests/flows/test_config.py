@@ -23,6 +23,7 @@ def test_the_nightly_defaults_are_the_product_recipe():
     ({"method": "window_ft", "null_space_energy": 0.9}, "not an option of the 'window_ft'"),
     ({"lr": 0}, "lr"),
     ({"replay": True}, "replay"),  # the old name: refused, never silently ignored
+    ({"scoped": {"method": "ke", "keep_fraction": 0.5}}, "not an option of the 'ke'"),
 ])
 def test_bad_settings_are_refused_at_once(changes, message):
     with pytest.raises(ValidationError, match=message):
@@ -68,3 +69,15 @@ print(json.dumps({"flow": nightly.nightly_edit.timeout_seconds, "tasks": tasks})
     assert {n for n, t in found["tasks"].items() if t is None} == threaded
     timed = {n: t for n, t in found["tasks"].items() if n not in threaded}
     assert len(timed) >= 10 and set(timed.values()) == {task_seconds}
+
+
+@pytest.mark.parametrize("changes, kinds", [
+    ({}, ()),
+    ({"method": "ke"}, ("ke",)),
+    ({"scoped": {"method": "mend", "lr": 2.0, "max_steps": 3}}, ("mend",)),
+    ({"method": "mend", "scoped": {"method": "ke"}}, ("mend", "ke")),
+    ({"method": "ke", "scoped": {"method": "ke"}}, ("ke",)),
+    ({"scoped": {"method": "ke"}, "subpopulations": False}, ()),
+])
+def test_a_night_needs_the_update_networks_of_the_editors_it_runs(changes, kinds):
+    assert EditSettings(**changes).updater_kinds == kinds
