@@ -28,6 +28,17 @@ EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
                  "null_space_energy", "replay_weight", "replay_scope", "jitter_copies")
 SCOPED_EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
                         "jitter_copies")
+OPTIM_FIELDS = ("lr", "optimizer", "max_steps", "ce_target")
+
+
+def _learned_step_defaults(method: str, options: dict[str, Any], given: set[str]
+                           ) -> dict[str, Any]:
+    """For KE and MEND, ``lr`` multiplies a meta-learned step and ``max_steps`` repeats it:
+    the product's optimiser values mean nothing there, so those not set explicitly become
+    None (the editor's own: the step as trained, once), as ``vitedit-ops edit`` does."""
+    if not updater_kind(method):
+        return options
+    return {**options, **{k: None for k in OPTIM_FIELDS if k not in given}}
 
 
 class ScopedSettings(BaseModel):
@@ -87,9 +98,10 @@ class ScopedSettings(BaseModel):
         return self
 
     def editor_options(self) -> dict[str, Any]:
-        return {**{k: v for k, v in PRODUCT_SCOPED.options.items()
-                   if k not in SCOPED_EDITOR_FIELDS},
-                **{name: getattr(self, name) for name in SCOPED_EDITOR_FIELDS}}
+        return _learned_step_defaults(self.method, {
+            **{k: v for k, v in PRODUCT_SCOPED.options.items() if k not in SCOPED_EDITOR_FIELDS},
+            **{name: getattr(self, name) for name in SCOPED_EDITOR_FIELDS}},
+            self.model_fields_set)
 
 
 class EditSettings(BaseModel):
@@ -190,7 +202,9 @@ class EditSettings(BaseModel):
 
     def editor_options(self) -> dict[str, Any]:
         """Keyword arguments of ``create_editor`` besides the hypernetwork/window/pool."""
-        return {name: getattr(self, name) for name in EDITOR_FIELDS}
+        return _learned_step_defaults(self.method,
+                                      {name: getattr(self, name) for name in EDITOR_FIELDS},
+                                      self.model_fields_set)
 
 
 _GATE = GateConfig()

@@ -84,18 +84,22 @@ VARIANTS: tuple[Variant, ...] = (
             note="every unit a SERAC memory entry (editors/serac.py): the product's scope rule "
                  "at the window input, a fine-tuned copy of the classifier inside it"),
     Variant("KE: learned update, pair edits",
-            {"subpopulations": False, "method": "ke", "lr": 0.5, "max_steps": 3},
+            {"subpopulations": False, "method": "ke", "lr": 0.5, "max_steps": 3,
+             "ce_target": 0.5},
             note="(true, predicted) groups only, each edited by the reference KE network "
-                 "(editors/ke.py) at its single-edit LR >= 0.99 point range (lr 0.5, up to 3 "
-                 "steps)"),
+                 "(editors/ke.py) near its single-edit LR >= 0.99 points (lr 0.5, up to 3 "
+                 "steps, stopping at the product's CE <= 0.5)"),
     Variant("MEND: learned update, pair edits",
-            {"subpopulations": False, "method": "mend", "lr": 0.5, "max_steps": 3},
+            {"subpopulations": False, "method": "mend", "lr": 0.5, "max_steps": 3,
+             "ce_target": 0.5},
             note="the same with the reference MEND network (editors/mend.py)"),
-    Variant("scopes, KE inside", {"scoped": {"method": "ke", "lr": 2.0, "max_steps": 3}},
+    Variant("scopes, KE inside",
+            {"scoped": {"method": "ke", "lr": 2.0, "max_steps": 3, "ce_target": 0.05}},
             note="the product with the reference KE network as the editor inside each scope "
-                 "(lr 2 times its learned step, up to 3 steps): the scope keeps locality, KE "
-                 "is asked to generalize within it"),
-    Variant("scopes, MEND inside", {"scoped": {"method": "mend", "lr": 2.0, "max_steps": 3}},
+                 "(lr 2 times its learned step, up to 3 steps, CE <= 0.05 as the product's "
+                 "scoped recipe): the scope keeps locality, KE is asked to generalize in it"),
+    Variant("scopes, MEND inside",
+            {"scoped": {"method": "mend", "lr": 2.0, "max_steps": 3, "ce_target": 0.05}},
             note="the same with the reference MEND network inside each scope"),
     Variant("earlier fixes protected", {"protect_fixes": True},
             note="the suite's retention images (earlier nights' fixed edit images) weigh as "
