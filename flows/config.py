@@ -195,9 +195,8 @@ class EditSettings(BaseModel):
     @property
     def updater_kinds(self) -> tuple[str, ...]:
         """The lineage's update networks the night edits with (KE, MEND: ``method`` for the
-        (true, predicted) groups, ``scoped.method`` inside scopes)."""
-        methods = [self.method] if self.strategy == "edit" else []
-        methods += [self.scoped.method] if self.edits_subpopulations else []
+        (true, predicted) groups or the retraining, ``scoped.method`` inside scopes)."""
+        methods = [self.method] + ([self.scoped.method] if self.edits_subpopulations else [])
         return tuple(dict.fromkeys(k for k in map(updater_kind, methods) if k))
 
     def editor_options(self) -> dict[str, Any]:

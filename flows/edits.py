@@ -25,18 +25,17 @@ from torch import nn
 
 from registry.record import ACCEPTED, ERROR, REJECTED, GroupEdit
 from vitedit_ops.device import resolve_device
-from vitedit_ops.editors import Editor, ScopedEditor, create_editor, updater_kind
+from vitedit_ops.editors import Editor, ScopedEditor, create_editor
 from vitedit_ops.editors.serac import newest_scope_covers
 from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.groups import ImageRef
-from vitedit_ops.learned_update import UpdateNet
 from vitedit_ops.metrics import accuracy, predict_logits
 from vitedit_ops.scope import window_keys
 from vitedit_ops.scoped import ScopedPatch
 from vitedit_ops.side import SidePatch
 
 from .config import EditSettings
-from .lineage import ChampionContext
+from .lineage import ChampionContext, updater_for
 from .preserved import PreservedPool
 
 
@@ -151,7 +150,8 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
         fixes = context.suite.retention_pixels
         protected = inputs(fixes) if settings.protect_fixes and len(fixes) else None
         editor = create_editor(settings.method, hypernet=context.hypernet, preserved=pool,
-                               protected=protected, updater=_updater(context, settings.method),
+                               protected=protected,
+                               updater=updater_for(context, settings.method),
                                **settings.editor_options())
     train = torch.cat([images.edit_pixels, images.keep_pixels])
     train_labels = torch.cat([images.edit_labels, images.keep_labels])
@@ -208,12 +208,6 @@ def _measure(context: ChampionContext, model: nn.Module, images: GroupImages,
     return out
 
 
-def _updater(context: ChampionContext, method: str) -> UpdateNet | None:
-    """The lineage's update network ``method`` edits with (KE, MEND), else None."""
-    kind = updater_kind(method)
-    return context.updater(kind) if kind else None
-
-
 def _scoped_editor(context: ChampionContext, images: GroupImages, settings: EditSettings,
                    preserved: PreservedPool | None) -> Editor:
     """The subpopulation recipe inside a scope fitted against the preserved pool's clean
@@ -234,7 +228,8 @@ def _scoped_editor(context: ChampionContext, images: GroupImages, settings: Edit
                              avoid_earlier=scoped.avoid_earlier, avoid=neighbours,
                              **scoped.editor_options())
     inner = create_editor(scoped.method, hypernet=context.hypernet,
-                          updater=_updater(context, scoped.method), **scoped.editor_options())
+                          updater=updater_for(context, scoped.method),
+                          **scoped.editor_options())
     return ScopedEditor(inner=inner, window=context.hypernet.window(context.model),
                         outside=context.suite.inputs(preserved.pixels[outside]),
                         rule=scoped.rule, margin=scoped.margin,

@@ -20,6 +20,7 @@ from registry import versions
 from registry.lineage_assets import load_assets, load_lineage_updater
 from registry.loading import download_suite, load_version
 from registry.lookup import verified_champion
+from vitedit_ops.editors import updater_kind
 from vitedit_ops.errors import IncompatibleBaseError
 from vitedit_ops.gate import Suite, load_suite
 from vitedit_ops.hypernet import MaskHypernet
@@ -100,6 +101,12 @@ class ChampionContext:
     @property
     def root_fingerprint(self) -> str:
         return self.info.lineage_root_fingerprint
+
+
+def updater_for(context: ChampionContext, method: str) -> UpdateNet | None:
+    """The lineage's update network editor ``method`` edits with (KE, MEND), else None."""
+    kind = updater_kind(method)
+    return context.updater(kind) if kind else None
 
 
 def resolve_champion(name: str, tracking_uri: str) -> ChampionRef:

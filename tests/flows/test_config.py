@@ -78,6 +78,7 @@ print(json.dumps({"flow": nightly.nightly_edit.timeout_seconds, "tasks": tasks})
     ({"method": "mend", "scoped": {"method": "ke"}}, ("mend", "ke")),
     ({"method": "ke", "scoped": {"method": "ke"}}, ("ke",)),
     ({"scoped": {"method": "ke"}, "subpopulations": False}, ()),
+    ({"method": "mend", "strategy": "retrain", "scoped": {"method": "ke"}}, ("mend",)),
 ])
 def test_a_night_needs_the_update_networks_of_the_editors_it_runs(changes, kinds):
     assert EditSettings(**changes).updater_kinds == kinds
