@@ -8,7 +8,9 @@ weights fingerprint, patch and ONNX hashes, suite hashes) is signed with HMAC-SH
 operator's key and stored beside it; verification checks the MAC, then every tag against the
 signed record, and promotion checks the artifacts against the signed values. Every alias move
 vitedit-ops makes is signed the same way (a *grant*: the latest move, with its timeline
-sequence number), so a move made elsewhere (MLflow's UI, the plain API) is told apart.
+sequence number), so a move made elsewhere (MLflow's UI, the plain API) is told apart. A
+lineage asset stored after its base was signed (an update network) gets a record of its own:
+which asset of which base, its run and its files' hash.
 
 The key comes from ``VITEDIT_SIGNING_KEY_FILE`` (a 0600 file) or ``VITEDIT_SIGNING_KEY``;
 retired keys (``VITEDIT_SIGNING_OLD_KEY_FILES``) still verify, never sign.
