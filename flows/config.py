@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vitedit_ops.editors import (OPTIMIZERS, PRODUCT, PRODUCT_SCOPED, editor_options,
-                                 list_editors, takes_preserved)
+                                 list_editors, takes_preserved, updater_kind)
 from vitedit_ops.gate import GateConfig
 from vitedit_ops.scope import RADIUS_SCALE
 
@@ -28,6 +28,17 @@ EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
                  "null_space_energy", "replay_weight", "replay_scope", "jitter_copies")
 SCOPED_EDITOR_FIELDS = ("keep_fraction", "lr", "optimizer", "max_steps", "ce_target",
                         "jitter_copies")
+OPTIM_FIELDS = ("lr", "optimizer", "max_steps", "ce_target")
+
+
+def _learned_step_defaults(method: str, options: dict[str, Any], given: set[str]
+                           ) -> dict[str, Any]:
+    """For KE and MEND, ``lr`` multiplies a meta-learned step and ``max_steps`` repeats it:
+    the product's optimiser values mean nothing there, so those not set explicitly become
+    None (the editor's own: the step as trained, once), as ``vitedit-ops edit`` does."""
+    if not updater_kind(method):
+        return options
+    return {**options, **{k: None for k in OPTIM_FIELDS if k not in given}}
 
 
 class ScopedSettings(BaseModel):
@@ -87,9 +98,10 @@ class ScopedSettings(BaseModel):
         return self
 
     def editor_options(self) -> dict[str, Any]:
-        return {**{k: v for k, v in PRODUCT_SCOPED.options.items()
-                   if k not in SCOPED_EDITOR_FIELDS},
-                **{name: getattr(self, name) for name in SCOPED_EDITOR_FIELDS}}
+        return _learned_step_defaults(self.method, {
+            **{k: v for k, v in PRODUCT_SCOPED.options.items() if k not in SCOPED_EDITOR_FIELDS},
+            **{name: getattr(self, name) for name in SCOPED_EDITOR_FIELDS}},
+            self.model_fields_set)
 
 
 class EditSettings(BaseModel):
@@ -180,9 +192,18 @@ class EditSettings(BaseModel):
     def edits_subpopulations(self) -> bool:
         return self.subpopulations and self.strategy == "edit"
 
+    @property
+    def updater_kinds(self) -> tuple[str, ...]:
+        """The lineage's update networks the night edits with (KE, MEND: ``method`` for the
+        (true, predicted) groups or the retraining, ``scoped.method`` inside scopes)."""
+        methods = [self.method] + ([self.scoped.method] if self.edits_subpopulations else [])
+        return tuple(dict.fromkeys(k for k in map(updater_kind, methods) if k))
+
     def editor_options(self) -> dict[str, Any]:
         """Keyword arguments of ``create_editor`` besides the hypernetwork/window/pool."""
-        return {name: getattr(self, name) for name in EDITOR_FIELDS}
+        return _learned_step_defaults(self.method,
+                                      {name: getattr(self, name) for name in EDITOR_FIELDS},
+                                      self.model_fields_set)
 
 
 _GATE = GateConfig()

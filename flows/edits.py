@@ -35,7 +35,7 @@ from vitedit_ops.scoped import ScopedPatch
 from vitedit_ops.side import SidePatch
 
 from .config import EditSettings
-from .lineage import ChampionContext
+from .lineage import ChampionContext, updater_for
 from .preserved import PreservedPool
 
 
@@ -150,7 +150,9 @@ def edit_group(context: ChampionContext, images: GroupImages, settings: EditSett
         fixes = context.suite.retention_pixels
         protected = inputs(fixes) if settings.protect_fixes and len(fixes) else None
         editor = create_editor(settings.method, hypernet=context.hypernet, preserved=pool,
-                               protected=protected, **settings.editor_options())
+                               protected=protected,
+                               updater=updater_for(context, settings.method),
+                               **settings.editor_options())
     train = torch.cat([images.edit_pixels, images.keep_pixels])
     train_labels = torch.cat([images.edit_labels, images.keep_labels])
     before = {**_measure(context, model, images, target), "locality": 1.0}
@@ -225,7 +227,9 @@ def _scoped_editor(context: ChampionContext, images: GroupImages, settings: Edit
                              rule=scoped.rule, margin=scoped.margin,
                              avoid_earlier=scoped.avoid_earlier, avoid=neighbours,
                              **scoped.editor_options())
-    inner = create_editor(scoped.method, hypernet=context.hypernet, **scoped.editor_options())
+    inner = create_editor(scoped.method, hypernet=context.hypernet,
+                          updater=updater_for(context, scoped.method),
+                          **scoped.editor_options())
     return ScopedEditor(inner=inner, window=context.hypernet.window(context.model),
                         outside=context.suite.inputs(preserved.pixels[outside]),
                         rule=scoped.rule, margin=scoped.margin,

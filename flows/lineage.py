@@ -1,4 +1,5 @@
-"""What a night edits: the champion, its lineage's hypernetwork and suite, and its drift.
+"""What a night edits: the champion, its lineage's hypernetwork, update networks and suite,
+and its drift.
 
 The flow pins the champion's version number at the start (the alias may move meanwhile) and
 passes a small :class:`ChampionRef` to every task. Tasks turn it into a
@@ -10,18 +11,20 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from registry import versions
-from registry.lineage_assets import load_assets
+from registry.lineage_assets import load_assets, load_lineage_updater
 from registry.loading import download_suite, load_version
 from registry.lookup import verified_champion
+from vitedit_ops.editors import updater_kind
 from vitedit_ops.errors import IncompatibleBaseError
 from vitedit_ops.gate import Suite, load_suite
 from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.learned_update import UpdateNet
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import ModelSpec
 from vitedit_ops.scoped import STACK, scoped_patches
@@ -75,6 +78,18 @@ class ChampionContext:
     base_preserved: torch.Tensor | None  # the lineage's held-out preserved pixels, if any
     _workdir: tempfile.TemporaryDirectory
     hypernet_refusal: str = ""  # why the hypernetwork does not fit a retrained champion
+    _updaters: dict[str, UpdateNet] = field(default_factory=dict)
+    _updaters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def updater(self, kind: str) -> UpdateNet:
+        """The lineage's ``kind`` update network (KE, MEND), downloaded and verified on first
+        use (a night needs at most the kinds its settings name); refused when the lineage
+        has none, or it does not verify (``registry.load_lineage_updater``)."""
+        with self._updaters_lock:
+            if kind not in self._updaters:
+                self._updaters[kind] = load_lineage_updater(self.info, kind,
+                                                            self.ref.tracking_uri)
+            return self._updaters[kind]
 
     def require_hypernet(self) -> None:
         """Refuse a night that needs the hypernetwork (masks, windows of subpopulations) on a
@@ -86,6 +101,12 @@ class ChampionContext:
     @property
     def root_fingerprint(self) -> str:
         return self.info.lineage_root_fingerprint
+
+
+def updater_for(context: ChampionContext, method: str) -> UpdateNet | None:
+    """The lineage's update network editor ``method`` edits with (KE, MEND), else None."""
+    kind = updater_kind(method)
+    return context.updater(kind) if kind else None
 
 
 def resolve_champion(name: str, tracking_uri: str) -> ChampionRef:

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 from torch import nn
 
-from registry.lineage_assets import RegisteredHypernet, register_hypernet
+from registry.lineage_assets import RegisteredAsset, register_hypernet
 from registry.errors import RegistryError
 from registry.loading import load_version
 from registry.lookup import champion
@@ -51,7 +51,7 @@ def train(model: nn.Module, spec: ModelSpec, images: str, config: MetaTrainConfi
 
 @task(name="register-hypernet", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def register(name: str, version: str, directory: Path, spec: ModelSpec,
-             preserved_images: str | None) -> RegisteredHypernet:
+             preserved_images: str | None) -> RegisteredAsset:
     preserved = None
     if preserved_images:
         preserved = read_image_folder(Path(preserved_images), spec,
@@ -62,7 +62,7 @@ def register(name: str, version: str, directory: Path, spec: ModelSpec,
 @flow(name="meta-train")
 def meta_train_flow(images: str, model: str | None = None, version: str | None = None,
                     settings: MetaTrainSettings = MetaTrainSettings(),  # noqa: B008 - form
-                    preserved_images: str | None = None) -> RegisteredHypernet:
+                    preserved_images: str | None = None) -> RegisteredAsset:
     """Train the hypernetwork of a base version on a folder of unlabeled images like
     production's, and store it with that version.
 

@@ -160,10 +160,14 @@ def crash_orphaned_flow_runs() -> list[str]:
 
 
 @task(name="pin-champion", **IO)
-def pin_champion(model: str, tracking_uri: str) -> ChampionRef:
-    """Pin the champion's version and load its lineage now, so a broken one fails early."""
+def pin_champion(model: str, tracking_uri: str, updater_kinds: tuple[str, ...] = ()
+                 ) -> ChampionRef:
+    """Pin the champion's version and load its lineage now (with the update networks the
+    night edits with), so a broken or incomplete one fails early."""
     ref = resolve_champion(model, tracking_uri)
-    champion_context(ref)
+    context = champion_context(ref)
+    for kind in updater_kinds:
+        context.updater(kind)
     return ref
 
 
@@ -222,6 +226,8 @@ def edit(ref: ChampionRef, images: GroupImages, settings: EditSettings, device: 
          limit: str, preserved: PreservedPool | None) -> GroupOutcome:
     """Edit one group while holding a slot of the shared limit (one per GPU)."""
     context = champion_context(ref)  # downloading is not GPU work: outside the slot
+    for kind in settings.updater_kinds:
+        context.updater(kind)
     with edit_slot(limit):
         outcome = edit_group(context, images, settings, device, preserved)
     e = outcome.edit
@@ -403,7 +409,7 @@ def _night(plan: NightPlan, progress: list[NightlyResult]) -> NightlyResult:
     groups = list(collection.groups)
     if not groups:
         return result
-    ref = pin_champion(plan.model, plan.tracking_uri)
+    ref = pin_champion(plan.model, plan.tracking_uri, plan.settings.updater_kinds)
     context = champion_context(ref)
     if plan.settings.strategy == "edit" or plan.settings.edits_subpopulations:
         context.require_hypernet()

@@ -26,7 +26,7 @@ from vitedit_ops.metrics import accuracy, predict_logits
 
 from .config import EditSettings
 from .edits import GroupImages, GroupOutcome, suite_checks, suite_problems
-from .lineage import ChampionContext
+from .lineage import ChampionContext, updater_for
 from .preserved import PreservedPool
 
 KEY = "retrain"
@@ -69,6 +69,7 @@ def retrain(context: ChampionContext, units: list[GroupImages], settings: EditSe
               "generalization": accuracy(model, inputs(images.heldout_pixels),
                                          images.heldout_labels), "locality": 1.0}
     editor = create_editor(settings.method, hypernet=context.hypernet,
+                           updater=updater_for(context, settings.method),
                            **settings.editor_options())
     result = editor.edit(model, train_inputs, train_labels)
     result.patch.apply(model)

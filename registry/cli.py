@@ -1,5 +1,5 @@
-"""``vitedit-ops register-base | register-hypernet | promote | rollback | history |
-signing-key create``.
+"""``vitedit-ops register-base | register-hypernet | register-updater | promote | rollback |
+history | signing-key create``.
 
 Hooked into the main CLI through the ``vitedit_ops.commands`` entry point. MLflow is imported
 inside the commands, so other commands do not pay for it. These commands compose the two
@@ -126,6 +126,27 @@ def register_hypernet_command(
                   f"(run {found.run_id}, sha256 {found.sha256[:12]})")
 
 
+def register_updater_command(
+    version: Annotated[str, typer.Option("--version", help="Base version (lineage root) it "
+                                         "was meta-trained for.")],
+    updater: Annotated[Path, typer.Option("--updater", help="Directory `vitedit-ops "
+                                          "meta-train --updater ke|mend` wrote.")],
+    model: ModelName = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Attach a meta-trained KE or MEND update network to a registered base version (signed;
+    one per kind), so nights with method or scoped.method ke|mend can edit with it."""
+    from vitedit_ops.settings import get_settings
+
+    from .lineage_assets import register_updater
+
+    name = model or get_settings().registered_model
+    found = _guard(lambda: register_updater(name, version, updater, tracking_uri=tracking_uri))
+    state = "attached to" if found.created else "already attached to"
+    console.print(f"update network {state} {found.name} v{found.base_version} "
+                  f"(run {found.run_id}, sha256 {found.sha256[:12]})")
+
+
 def promote_command(
     run_id: Annotated[str, typer.Option("--run-id", help="Run that registered the version.")],
     alias: Alias = "champion",
@@ -239,6 +260,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(signing_key, name="signing-key")
     app.command("register-base")(register_base_command)
     app.command("register-hypernet")(register_hypernet_command)
+    app.command("register-updater")(register_updater_command)
     app.command("promote")(promote_command)
     app.command("rollback")(rollback_command)
     app.command("history")(history_command)

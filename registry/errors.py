@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from vitedit_ops.errors import InfrastructureError, RefusedError, VitEditError
+from vitedit_ops.errors import InfrastructureError, InvalidInputError, RefusedError, VitEditError
 
 
 class RegistryError(VitEditError):
     """A registry operation failed or was asked for something that does not exist (exit 2)."""
+
+
+class MissingAssetError(RegistryError, InvalidInputError):
+    """The lineage has no asset the night's settings need (an update network): retrying will
+    not make one (exit 2)."""
+
+
+class AssetRefusedError(RegistryError, RefusedError):
+    """A lineage asset does not verify: its files do not hash to its tag, or its tags'
+    signature does not hold (exit 3)."""
 
 
 class RegistryUnavailableError(RegistryError, InfrastructureError):

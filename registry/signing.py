@@ -8,7 +8,9 @@ weights fingerprint, patch and ONNX hashes, suite hashes) is signed with HMAC-SH
 operator's key and stored beside it; verification checks the MAC, then every tag against the
 signed record, and promotion checks the artifacts against the signed values. Every alias move
 vitedit-ops makes is signed the same way (a *grant*: the latest move, with its timeline
-sequence number), so a move made elsewhere (MLflow's UI, the plain API) is told apart.
+sequence number), so a move made elsewhere (MLflow's UI, the plain API) is told apart. A
+lineage asset stored after its base was signed (an update network) gets a record of its own:
+which asset of which base, its run and its files' hash.
 
 The key comes from ``VITEDIT_SIGNING_KEY_FILE`` (a 0600 file) or ``VITEDIT_SIGNING_KEY``;
 retired keys (``VITEDIT_SIGNING_OLD_KEY_FILES``) still verify, never sign.
@@ -204,6 +206,23 @@ def verify_version(info: VersionInfo, keys: Keys | None = None
             problems.append(f"tag {key} was rewritten after signing (signed "
                             f"{signed.get(key, '')[:16]!r}, now {info.tags.get(key, '')[:16]!r})")
     return signed, problems
+
+
+# --- lineage assets -------------------------------------------------------------------------
+
+def sign_asset(record: dict[str, str], keys: Keys) -> str:
+    """The signature of a lineage asset's record (which asset of which base: run, hash)."""
+    if keys.signing is None:
+        raise SigningKeyError(NO_KEY)
+    return _signature(keys.signing, _canonical(record))
+
+
+def check_asset(record: dict[str, str], signature: str, what: str,
+                keys: Keys | None = None) -> str | None:
+    """Why ``signature`` does not vouch for the asset ``record`` describes (None: it does)."""
+    if not signature:
+        return f"{what}: unsigned (no signature tag): nothing vouches for its run and hash"
+    return _check_mac(keys or configured_keys(), _canonical(record), signature, what)
 
 
 # --- alias grants ---------------------------------------------------------------------------

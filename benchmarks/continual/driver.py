@@ -2,11 +2,12 @@
 
 Each variant gets a fresh lineage of its own (MLflow store, monitoring store, image store
 under its own ``VITEDIT_HOME``) started from the same reference model, suite and
-hypernetwork. Every night: the champion (ONNX Runtime, loaded by alias) serves the day and
-logs through the ``PredictionLogger``, every request gets its reviewer's label, the
-``nightly-edit`` flow runs with the variant's settings and ``auto_promote`` (every challenger
-that passes the gate becomes champion), and the new champion is measured on images no night
-ever served.
+hypernetwork (and, for a variant that edits with KE or MEND, the reference update network
+of that kind, ``reference_updater``). Every night: the champion (ONNX Runtime, loaded by
+alias) serves the day and logs through the ``PredictionLogger``, every request gets its
+reviewer's label, the ``nightly-edit`` flow runs with the variant's settings and
+``auto_promote`` (every challenger that passes the gate becomes champion), and the new
+champion is measured on images no night ever served.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from flows.demo.serving import ChampionServer, review, serve_day
 from flows.nightly import nightly_edit
 from flows.reporting import NightlyResult
 from monitoring import Collector, PredictionLogger, open_image_store, open_store
-from registry import champion, load_version, register_base, register_hypernet
+from registry import champion, load_version, register_base, register_hypernet, register_updater
 from vitedit_ops.gate import build_suite
 from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.learned_update import UpdateNet
 from vitedit_ops.metrics import norm_growth, predict_logits
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.reference import Reference, hypernet_path
+from vitedit_ops.reference.updaters import reference_updater
 
 from ..home import bench_home
 from .scenario import World, as_served
@@ -48,8 +51,10 @@ class Variant:
     note: str = ""
 
 
-def _register_lineage(reference: Reference, reference_dir: Path, home: Path) -> str:
-    """Suite from the locality pool; the base as v1/champion with hypernetwork and pool."""
+def _register_lineage(reference: Reference, reference_dir: Path, home: Path,
+                      updaters: list[UpdateNet]) -> str:
+    """Suite from the locality pool; the base as v1/champion with hypernetwork and pool, and
+    the ``updaters`` the variant edits with."""
     from vitedit_ops.settings import get_settings
 
     data = reference.data
@@ -61,6 +66,9 @@ def _register_lineage(reference: Reference, reference_dir: Path, home: Path) -> 
                                  tracking_uri=uri)
     register_hypernet(MODEL, registration.version, hypernet_path(reference.card, reference_dir),
                       data.preserved.pixels, uri)
+    for net in updaters:
+        register_updater(MODEL, registration.version, net.save(home / f"updater-{net.kind}"),
+                         uri)
     with open_store() as store:
         store.register_model(MODEL, reference.spec.num_classes, reference.spec.class_names)
     return uri
@@ -117,12 +125,19 @@ def _kept(model: nn.Module, preprocessor: Preprocessor, images: Any,
 
 def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHypernet,
                 world: World, variant: Variant, workdir: Path,
-                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every night of ``world`` for ``variant``; one row per night."""
+                log: Callable[[str], None] = print,
+                updater_iterations: int | None = None) -> list[dict[str, Any]]:
+    """Every night of ``world`` for ``variant``; one row per night. The update networks it
+    edits with are the reference's (cached by their settings; ``updater_iterations``
+    overrides the recipe's, as a quick run does)."""
     home = workdir / "lineages" / "".join(c if c.isalnum() else "-" for c in variant.name)
     rows: list[dict[str, Any]] = []
+    updaters = []
+    for kind in EditSettings(**variant.edit).updater_kinds:
+        log(f"  meta-training (or loading) the reference {kind} update network ...")
+        updaters.append(reference_updater(reference, kind, reference_dir, updater_iterations))
     with bench_home(home, "VITEDIT_REGISTERED_MODEL"):
-        uri = _register_lineage(reference, reference_dir, home)
+        uri = _register_lineage(reference, reference_dir, home, updaters)
         measure = Measure(world, reference.model, Preprocessor(reference.spec),
                           list(hypernet.config.weight_names))
         kinds = world.scenario.kinds

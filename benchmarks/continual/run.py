@@ -25,6 +25,7 @@ from vitedit_ops.errors import InvalidInputError
 from vitedit_ops.hypernet import MaskHypernet
 from vitedit_ops.reference import Reference
 
+from ..run import QUICK_UPDATER_ITERATIONS
 from .driver import Variant, run_variant
 from .report import markdown, plot, summarize
 from .scenario import QUICK_DAYS, Scenario, World
@@ -82,6 +83,24 @@ VARIANTS: tuple[Variant, ...] = (
              "scoped": {"method": "serac", "lr": 1e-2, "max_steps": 200, "ce_target": 0.05}},
             note="every unit a SERAC memory entry (editors/serac.py): the product's scope rule "
                  "at the window input, a fine-tuned copy of the classifier inside it"),
+    Variant("KE: learned update, pair edits",
+            {"subpopulations": False, "method": "ke", "lr": 0.5, "max_steps": 3,
+             "ce_target": 0.5},
+            note="(true, predicted) groups only, each edited by the reference KE network "
+                 "(editors/ke.py) near its single-edit LR >= 0.99 points (lr 0.5, up to 3 "
+                 "steps, stopping at the product's CE <= 0.5)"),
+    Variant("MEND: learned update, pair edits",
+            {"subpopulations": False, "method": "mend", "lr": 0.5, "max_steps": 3,
+             "ce_target": 0.5},
+            note="the same with the reference MEND network (editors/mend.py)"),
+    Variant("scopes, KE inside",
+            {"scoped": {"method": "ke", "lr": 2.0, "max_steps": 3, "ce_target": 0.05}},
+            note="the product with the reference KE network as the editor inside each scope "
+                 "(lr 2 times its learned step, up to 3 steps, CE <= 0.05 as the product's "
+                 "scoped recipe): the scope keeps locality, KE is asked to generalize in it"),
+    Variant("scopes, MEND inside",
+            {"scoped": {"method": "mend", "lr": 2.0, "max_steps": 3, "ce_target": 0.05}},
+            note="the same with the reference MEND network inside each scope"),
     Variant("earlier fixes protected", {"protect_fixes": True},
             note="the suite's retention images (earlier nights' fixed edit images) weigh as "
                  "much as the whole preserved pool in each pair edit's null-space confinement"),
@@ -134,8 +153,9 @@ def run_continual(reference: Reference, reference_dir: Path, hypernet: MaskHyper
         edit = {**(QUICK_EDIT if config.quick else {}), **variant.edit}
         variant = Variant(variant.name, edit, variant.gate, variant.note)
         log(f"continual: {variant.name} ({variant.note or 'edit ' + json.dumps(edit)})")
-        nights[variant.name] = run_variant(reference, reference_dir, hypernet, world, variant,
-                                           out_dir, log)
+        nights[variant.name] = run_variant(
+            reference, reference_dir, hypernet, world, variant, out_dir, log,
+            updater_iterations=QUICK_UPDATER_ITERATIONS if config.quick else None)
     results = {
         "command": " ".join(shlex.quote(a) for a in sys.argv), "quick": config.quick,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

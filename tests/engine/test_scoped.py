@@ -12,6 +12,7 @@ import torch
 from vitedit_ops.editors import ScopedEditor, create_editor
 from vitedit_ops.errors import InvalidInputError, PatchConflictError
 from vitedit_ops.export import export_onnx, load_session, run_session
+from vitedit_ops.learned_update import new_updater
 from vitedit_ops.models import ModelSpec, fingerprint, load_model, save_model
 from vitedit_ops.scope import (Scope, Whitening, fit_nearest_scope, fit_scope, prefix_tokens,
                                window_keys)
@@ -93,6 +94,38 @@ def test_stacked_scopes_keep_out_of_each_others_images_and_revert_exactly(world)
     one.revert(model)
     assert fingerprint(model) == original and not hasattr(model, "vitedit_scopes")
     assert torch.equal(model(torch.cat([first, second])).detach(), before)
+
+
+@pytest.mark.parametrize("kind", ["ke", "mend"])
+def test_a_learned_update_is_scoped_like_any_edit_and_only_for_the_scopes_window(world, kind):
+    """KE/MEND inside a scope (the continual benchmark's "scopes, KE inside"): the images it
+    covers get the network's edit exactly, every input outside is the base bit for bit; a
+    network of another window is refused (the scope gates only its own window's matrices)."""
+    model, window, clean, first, _ = world
+    updater = new_updater(kind, model, window)  # untrained, but its steps are real edits
+    inner = create_editor(kind, updater=updater, lr=50.0, max_steps=2)
+    labels = torch.full((20,), 3, dtype=torch.long)
+    scoped = ScopedEditor(inner=inner, window=window, outside=clean[:80]).edit(
+        model, first[:20], labels)
+    assert isinstance(scoped.patch, ScopedPatch) and scoped.method == f"{kind}+scope"
+    assert scoped.settings["outside_scope"] == 0
+    plain = inner.edit(model, first[:20], labels).patch
+    edited, unscoped = copy.deepcopy(model), copy.deepcopy(model)
+    scoped.patch.apply(edited)
+    plain.apply(unscoped)
+    with torch.no_grad():
+        inside = edited(first[:20])
+        assert not torch.allclose(inside, model(first[:20]), atol=1e-4)  # it edited
+        assert torch.allclose(inside, unscoped(first[:20]), atol=1e-5)
+        outside = ~scoped.patch.scope.covers(window_keys(model, window, clean))
+        assert outside.any()
+        assert torch.equal(edited(clean[outside]), model(clean[outside]))
+
+    elsewhere = new_updater(kind, model, edit_window(model, 2, 3))
+    editor = ScopedEditor(inner=create_editor(kind, updater=elsewhere), window=window,
+                          outside=clean[:80])
+    with pytest.raises(InvalidInputError, match="outside the scope.s window blocks 1-2"):
+        editor.edit(model, first[:20], labels)
 
 
 def test_copies_saved_models_and_patch_files_carry_the_scopes(world, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.config import EDITOR_FIELDS, EditSettings
-from vitedit_ops.editors import PRODUCT
+from vitedit_ops.editors import PRODUCT, PRODUCT_SCOPED
 
 
 def test_the_nightly_defaults_are_the_product_recipe():
@@ -23,6 +23,7 @@ def test_the_nightly_defaults_are_the_product_recipe():
     ({"method": "window_ft", "null_space_energy": 0.9}, "not an option of the 'window_ft'"),
     ({"lr": 0}, "lr"),
     ({"replay": True}, "replay"),  # the old name: refused, never silently ignored
+    ({"scoped": {"method": "ke", "keep_fraction": 0.5}}, "not an option of the 'ke'"),
 ])
 def test_bad_settings_are_refused_at_once(changes, message):
     with pytest.raises(ValidationError, match=message):
@@ -68,3 +69,27 @@ print(json.dumps({"flow": nightly.nightly_edit.timeout_seconds, "tasks": tasks})
     assert {n for n, t in found["tasks"].items() if t is None} == threaded
     timed = {n: t for n, t in found["tasks"].items() if n not in threaded}
     assert len(timed) >= 10 and set(timed.values()) == {task_seconds}
+
+
+@pytest.mark.parametrize("changes, kinds", [
+    ({}, ()),
+    ({"method": "ke"}, ("ke",)),
+    ({"scoped": {"method": "mend", "lr": 2.0, "max_steps": 3}}, ("mend",)),
+    ({"method": "mend", "scoped": {"method": "ke"}}, ("mend", "ke")),
+    ({"method": "ke", "scoped": {"method": "ke"}}, ("ke",)),
+    ({"scoped": {"method": "ke"}, "subpopulations": False}, ()),
+    ({"method": "mend", "strategy": "retrain", "scoped": {"method": "ke"}}, ("mend",)),
+])
+def test_a_night_needs_the_update_networks_of_the_editors_it_runs(changes, kinds):
+    assert EditSettings(**changes).updater_kinds == kinds
+
+
+def test_ke_and_mend_take_their_own_step_unless_told_otherwise():
+    """Their lr multiplies the meta-learned step: the product's 1e-3 would shrink it a
+    thousandfold, so unset optimiser settings are left to the editor (None)."""
+    night = EditSettings(method="ke").editor_options()
+    assert {k: night[k] for k in ("lr", "optimizer", "max_steps", "ce_target")} == dict.fromkeys(
+        ("lr", "optimizer", "max_steps", "ce_target"))
+    scoped = EditSettings(scoped={"method": "mend", "lr": 2.0}).scoped.editor_options()
+    assert scoped["lr"] == 2.0 and scoped["max_steps"] is None
+    assert EditSettings().scoped.editor_options()["lr"] == PRODUCT_SCOPED.get("lr")

@@ -14,7 +14,7 @@ from registry.lineage_assets import register_hypernet
 from flows.reporting import (ALREADY_REGISTERED, GATE_ARTIFACT, GROUPS_ARTIFACT,
                              NOTHING_TO_EDIT, REGISTERED)
 from registry import versions
-from registry.errors import RegistryError
+from registry.errors import MissingAssetError, RegistryError
 from registry.loading import download_suite
 from vitedit_ops.errors import IncompatibleBaseError
 from vitedit_ops.gate import load_suite
@@ -203,6 +203,40 @@ def test_a_hypernetwork_of_another_base_is_refused(night, lineage, tracking_uri,
                out_dir=tmp_path / "stranger")
     with pytest.raises(RegistryError, match="meta-trained for weights"):
         register_hypernet(n.name, "1", tmp_path / "stranger", tracking_uri=tracking_uri)
+
+
+def test_a_learned_update_night_without_its_network_is_refused_in_one_line(night):
+    """method=ke (or scoped.method=mend) on a lineage with no network of that kind: the night
+    stops when it pins the champion, before any unit is edited, in one line that says what to
+    run (not one error per unit), and registers nothing."""
+    n = night()
+    for edit, kind in (({"method": "ke", "null_space_energy": None, "lr": 0.5}, "KE"),
+                       ({"scoped": {"method": "mend", "lr": 1.0}}, "MEND")):
+        with pytest.raises(MissingAssetError) as refused:
+            n.run(edit=edit)
+        message = str(refused.value)
+        assert f"has no {kind} update network" in message and "register-updater" in message
+        assert "\n" not in message and refused.value.exit_code == 2
+    assert n.versions() == ["1"]
+
+
+@pytest.mark.slow
+def test_a_scoped_ke_night_edits_every_unit_with_the_lineages_network(night, lineage,
+                                                                      tracking_uri, tmp_path):
+    """scoped.method=ke with the lineage's KE network registered: every subpopulation is
+    edited by it (downloaded and verified by the night), none raises."""
+    from registry.lineage_assets import register_updater
+    from vitedit_ops.hypernet import MaskHypernet
+    from vitedit_ops.learned_update import new_updater
+    from vitedit_ops.models import load_model
+
+    n = night(preserved=lineage.clean[:150])
+    model, _ = load_model(lineage.checkpoint)
+    net = new_updater("ke", model, MaskHypernet.load(lineage.hypernet_dir).window(model))
+    register_updater(n.name, "1", net.save(tmp_path / "ke"), tracking_uri=tracking_uri)
+    result = n.run(edit={"scoped": {"method": "ke", "lr": 20.0, "max_steps": 3}})
+    units = [g for g in result.groups if g["group"].startswith("sub")]
+    assert units and not [g for g in units if g["outcome"] == "error"], units
 
 
 def test_the_preserved_pool_is_confirmed_production_and_the_base_pool_never_the_suite(

@@ -1,5 +1,6 @@
 """What a night's scoped editor is told to keep out of its scope: the preserved pool's clean
-images always, the night's other units' images unless ``avoid_neighbours`` is off."""
+images always, the night's other units' images unless ``avoid_neighbours`` is off; and which
+editor it wraps (a learned update network's, when ``scoped.method`` is ke or mend)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from flows.edits import GroupImages, _scoped_editor
 from flows.preserved import PreservedPool
 from vitedit_ops.gate.suite import image_hashes, load_suite
 from vitedit_ops.hypernet import MaskHypernet
+from vitedit_ops.learned_update import new_updater
 from vitedit_ops.models import load_model
+from vitedit_ops.scoped import ScopedPatch
 
 
 def _unit(lineage, neighbours: torch.Tensor) -> GroupImages:
@@ -42,3 +45,24 @@ def test_the_nights_other_units_are_kept_out_of_a_scope_unless_switched_off(line
 
     settings = EditSettings(scoped={"avoid_neighbours": False})
     assert _scoped_editor(context, unit, settings, preserved).avoid is None
+
+
+def test_a_scoped_ke_unit_is_edited_by_the_lineages_network_inside_its_scope(lineage):
+    model, _ = load_model(lineage.checkpoint)
+    suite = load_suite(lineage.suite_dir)
+    hypernet = MaskHypernet.load(lineage.hypernet_dir)
+    net = new_updater("ke", model, hypernet.window(model))
+    asked: list[str] = []
+    context = SimpleNamespace(model=model, suite=suite, hypernet=hypernet,
+                              updater=lambda kind: asked.append(kind) or net)
+    clean = lineage.clean[:16]
+    preserved = PreservedPool(pixels=clean, hashes=tuple(image_hashes(clean)),
+                              from_production=0, labels=torch.full((16,), -1))
+    unit = _unit(lineage, lineage.production[8:14])
+    settings = EditSettings(scoped={"method": "ke", "lr": 20.0, "max_steps": 2})
+    editor = _scoped_editor(context, unit, settings, preserved)
+    assert asked == ["ke"] and editor.inner.updater is net
+    assert (editor.inner.optim.lr, editor.inner.optim.max_steps) == (20.0, 2)
+    result = editor.edit(model, suite.inputs(unit.edit_pixels), unit.edit_labels)
+    assert isinstance(result.patch, ScopedPatch) and result.method == "ke+scope"
+    assert result.settings["updater"] == "ke"

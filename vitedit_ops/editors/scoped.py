@@ -69,6 +69,12 @@ class ScopedEditor(Editor):
         if not covered.any():
             raise InvalidInputError("the fitted scope covers none of the edit images")
         result = self.inner.edit(model, images[covered], labels[covered])
+        beyond = sorted(set(result.patch.params) - set(self.window.weight_names))
+        if beyond:  # the scope is read at the window's first block: nothing before it gates
+            raise InvalidInputError(
+                f"the {result.method} edit changed {', '.join(beyond)}, outside the scope's "
+                f"window {self.window.describe()}: give the inner editor the same window (a KE "
+                "or MEND network meta-trained for it)")
         patch = ScopedPatch.from_patch(result.patch, model, fit.scope,
                                        self.window.sites[0].block_path,
                                        inside_keys[covered.cpu()])
