@@ -244,3 +244,26 @@ def test_a_forged_mirror_event_does_not_commit_an_unpromoted_challengers_fixes(
     assert challenger == good.version and settled.committed == {}
     with open_store() as store:
         assert store.ledger_states(model_name) == {good.version: {"pending": 3}}
+
+
+def test_a_forged_mirror_event_numbered_beyond_the_audit_does_not_block_promotion(
+        as_reviewer, embedded_uri, register_base_as, good_edit, model_name, run_cli):
+    """Anyone with EDIT on the model can add a mirror event numbered beyond every integer
+    column. The next move is numbered from the audit and the signed move, so promotion goes
+    on (before, its audit row could not be stored and every promotion failed); history names
+    the stray event."""
+    from monitoring import open_store
+    from monitoring.audit import StoreAuditTrail
+
+    with open_store() as store:
+        register_base_as(model_name, embedded_uri, audit=StoreAuditTrail(store))
+    good = publish_edit(replace(good_edit.record, registered_model=model_name), embedded_uri)
+    MlflowClient(embedded_uri).set_registered_model_tag(
+        model_name, "vitedit.champion.event." + "9" * 20, json.dumps(
+            {"action": "promote", "version": "1", "previous": "", "by": "mallory",
+             "at": "2026-12-03T00:00:00+00:00"}))
+    promoted = run_cli("promote", "--run-id", good.run_id)
+    assert promoted.exit_code == 0, promoted.output
+    assert [(e.seq, e.version) for e in _audited(model_name)] == [(1, "1"), (2, "2")]
+    shown = run_cli("history", "--model", model_name)
+    assert f"#{'9' * 20}: in the MLflow mirror" in shown.stderr, shown.stderr
