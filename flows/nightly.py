@@ -311,15 +311,14 @@ def record_ledger(run_id: str, version: str, prediction_ids: tuple[str, ...]) ->
 @task(name="reconcile-ledger", **IO)
 def reconcile_ledger(model: str, tracking_uri: str) -> tuple[LedgerSettlement, str | None]:
     """Settle the ledger from the registry: the fixes of every version that is or was
-    champion (the audit's timeline, MLflow's, the champion's ancestors) are committed; a
-    challenger replaced unpromoted releases its own. Returns what changed and the current
-    challenger."""
+    champion (the audit's timeline, MLflow's for moves made before the audit, the champion's
+    ancestors) are committed; a challenger replaced unpromoted releases its own. Returns what
+    changed and the current challenger."""
     store = open_store()  # first: an unreachable store fails the night here, in one line
     try:
-        now = standing(model, tracking_uri)
-        audited = {e.version for e in StoreAuditTrail(store).events(model, CHAMPION)}
+        now = standing(model, tracking_uri, StoreAuditTrail(store).events(model, CHAMPION))
         under_review = [now.challenger] if now.challenger else []
-        return store.settle_edit_usage(model, committed=now.served | audited,
+        return store.settle_edit_usage(model, committed=now.served,
                                        under_review=under_review), now.challenger
     finally:
         store.close()

@@ -70,18 +70,28 @@ def download_served(info: VersionInfo, dst: str | Path, tracking_uri: str | None
 
 
 def _load_weights(conn: Connection, info: VersionInfo) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild a version's model from its weights artifact; refuses a fingerprint mismatch."""
+    """Rebuild a version's model from its weights artifact; refuses a fingerprint mismatch,
+    judged by the signed fingerprint when the version is signed (a signed version whose record
+    does not verify, e.g. a tag rewritten to match swapped weights, is refused before any
+    download; an unsigned one, registered without a key, by its tag)."""
     if not info.ready:
         raise RegistryError(f"{info.name} v{info.version} is not usable "
                             f"(status {info.tags.get(versions.STATUS, 'missing')})")
+    expected, what = info.fingerprint, "fingerprint tag"
+    if info.tags.get(signing.SIGNATURE):  # signed: judged by the signed fingerprint
+        signed, problems = signing.verify_version(info)
+        if problems:
+            raise PromotionRefusedError(f"refusing to load {info.name} v{info.version}",
+                                        problems)
+        expected, what = (signed or {}).get(versions.FINGERPRINT, ""), "signed fingerprint"
     with tempfile.TemporaryDirectory() as tmp:
         with translate_errors(f"download weights of {info.name} v{info.version}"):
             local = Path(conn.client.download_artifacts(info.run_id, artifacts.WEIGHTS_DIR, tmp))
         model, spec = load_model(local / Path(artifacts.WEIGHTS).name)
     actual = fingerprint(model)
-    if actual != info.fingerprint:
+    if actual != expected:
         raise RegistryError(f"{info.name} v{info.version}: weights {actual[:12]} do not match "
-                            f"the version's fingerprint tag {info.fingerprint[:12]}")
+                            f"the version's {what} {expected[:12]}")
     return model, spec
 
 

@@ -7,9 +7,11 @@ registry's own types back.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitedit_ops.audit import AliasEvent
 from vitedit_ops.gate import GateReport
 from vitedit_ops.settings import get_settings
 
@@ -78,10 +80,18 @@ class Standing:
     challenger: str | None      # under review: not served yet, not superseded either
 
 
-def standing(name: str, tracking_uri: str | None = None) -> Standing:
+def standing(name: str, tracking_uri: str | None = None,
+             audited: Sequence[AliasEvent] | None = None) -> Standing:
     """The champion, every version whose fixes served (the champion's parent chain, since its
-    weights hold their patches, and every version the champion timeline's MLflow copy names)
-    and the current challenger. One search of the model's versions, two alias lookups."""
+    weights hold their patches, and every version the champion timeline names) and the
+    current challenger. One search of the model's versions, two alias lookups.
+
+    The timeline is ``audited``, the promotion audit's moves (the monitoring store's
+    append-only record), when given. The MLflow mirror, which anyone with EDIT on the model
+    may rewrite, then counts only for moves older than the audit's first (made before the
+    audit existed): a forged mirror event must not commit an unpromoted challenger's fixes,
+    which would keep its images out of every later collection. Without ``audited`` (no
+    store) the mirror is all there is."""
     client = connect(tracking_uri).client
     found = {v.version: v for v in versions.search(
         client, f"name = '{versions.check_safe(name, 'registered model name')}'")}
@@ -94,5 +104,9 @@ def standing(name: str, tracking_uri: str | None = None) -> Standing:
     while node is not None and node.version not in chain:  # a tag loop ends the walk
         chain.add(node.version)
         node = found.get(node.parent_version)
-    served = chain | {e.version for e in events(client, name, versions.CHAMPION)}
+    timeline = events(client, name, versions.CHAMPION)
+    if audited is not None:
+        first = min((e.seq for e in audited), default=None)
+        timeline = [*audited, *(e for e in timeline if first is None or e.seq < first)]
+    served = chain | {e.version for e in timeline}
     return Standing(champion_.version if champion_ else None, frozenset(served), challenger)

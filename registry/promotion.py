@@ -87,8 +87,15 @@ def move_alias(conn: Connection, name: str, alias: str, version: str, action: st
     who = identify(conn, user)
     require_manage(conn, name, who, f"move the {alias} alias of")
     previous = versions.by_alias(client, name, alias)
-    last = [t[-1].seq for t in (events(client, name, alias),
-                                audit.events(name, alias) if audit is not None else []) if t]
+    # numbered after the audit's last move and the latest signed move; the MLflow mirror,
+    # which anyone with EDIT on the model may write, only while the audit holds no move (moves
+    # made before it existed): a forged event numbered beyond the audit's integer column
+    # must not make every later move fail
+    recorded = audit.events(name, alias) if audit is not None else []
+    last = [e.seq for e in (recorded or events(client, name, alias))[-1:]]
+    grant, _ = signing.read_grant(client, name, alias)
+    if grant is not None:
+        last.append(grant.seq)
     event = AliasEvent(seq=max(last, default=0) + 1, alias=alias, action=action,
                        version=version, previous=previous.version if previous else "",
                        by=who.name, at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -180,8 +180,17 @@ def test_store_locked_at_the_ledger_then_the_rerun_finishes_the_night(night, fas
 
 @pytest.mark.slow
 def test_a_run_killed_mid_flight_and_started_again_yields_one_challenger(night, tracking_uri,
-                                                                        tmp_path):
+                                                                        tmp_path, monkeypatch):
+    """`vitedit-ops nightly` killed with SIGKILL mid-upload: its flow run stays RUNNING on the
+    Prefect server and its MLflow run RUNNING; the next night (orphans older than a night may
+    last: here, at once) ends both, saying why, and registers exactly one challenger."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL
+
+    import flows.nightly
 
     n = night()
     edits = [f"--edit={k}={v}" for k, v in LAX_EDIT.items()]
@@ -198,6 +207,12 @@ def test_a_run_killed_mid_flight_and_started_again_yields_one_challenger(night, 
         assert process.poll() is None, (tmp_path / "nightly.log").read_text()[-3000:]
         kill_group(process)  # SIGKILL mid-upload: no handler, no cleanup runs
 
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+        any_=[StateType.RUNNING])))
+    with get_client(sync_client=True) as client:
+        [dead] = [r.id for r in client.read_flow_runs(flow_run_filter=running)
+                  if r.parameters.get("model") == n.name]
+    monkeypatch.setattr(flows.nightly, "FLOW_TIMEOUT", timedelta(0))
     result = n.run()
     assert result.status == REGISTERED
     assert [v.version for v in _ready_edits(tracking_uri, n.name)] == [result.version]
@@ -207,6 +222,12 @@ def test_a_run_killed_mid_flight_and_started_again_yields_one_challenger(night, 
         [MlflowClient(tracking_uri).get_experiment_by_name(f"vitedit-{n.name}").experiment_id],
         f"tags.`{versions.LOGGED}` = 'in-progress'")
     assert len(killed) == 1 and killed[0].info.run_id != result.run_id
+    assert killed[0].info.status == "FAILED", killed[0].info
+    assert f"marked FAILED by nightly flow run {result.flow_run_id}" in killed[0].data.tags[
+        versions.ERROR]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(dead).state
+    assert state.is_crashed() and f"by nightly flow run {result.flow_run_id}" in state.message
 
 
 def test_a_flow_run_the_server_refuses_to_end_does_not_keep_the_others_running(

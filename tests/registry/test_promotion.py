@@ -207,3 +207,63 @@ def test_a_move_that_fails_midway_puts_the_alias_and_its_signed_grant_back(
     assert _champion(client, model_name) == "1"
     after, problem = signing.read_grant(client, model_name, "champion")
     assert after == before, problem
+
+
+def test_a_forged_mirror_event_does_not_commit_an_unpromoted_challengers_fixes(
+        as_reviewer, embedded_uri, register_base_as, good_edit, model_name):
+    """The MLflow mirror of the timeline is display: anyone with EDIT on the model can add an
+    event claiming challenger v2 served. The night's ledger settling (the real task, outside
+    a flow run) goes by the audit, so v2's fixes stay pending, not committed, which would keep
+    their images out of every later collection although no served model holds them."""
+    from datetime import UTC, datetime
+
+    from flows.nightly import reconcile_ledger
+    from monitoring import open_store
+    from monitoring.audit import StoreAuditTrail
+    from monitoring.store import StagedRecord
+
+    ts = datetime(2026, 11, 20, tzinfo=UTC)
+    fixed = [StagedRecord({"id": f"fixed-{i}", "ts": ts, "model_name": model_name,
+                           "model_version": "1", "model_alias": "champion",
+                           "image_uri": f"file:///img/{i}", "image_sha256": f"{i:064x}",
+                           "predicted_class": 1, "topk": [], "request_metadata": {},
+                           "content_hash": f"{i:064x}", "ingested_at": ts}, f"t:{i}", "{}")
+             for i in range(3)]
+    with open_store() as store:
+        register_base_as(model_name, embedded_uri, audit=StoreAuditTrail(store))
+        good = publish_edit(replace(good_edit.record, registered_model=model_name),
+                            embedded_uri)
+        assert store.write_predictions(fixed, []).accepted == 3
+        store.record_edit_usage(good.run_id, good.version, [r.row["id"] for r in fixed])
+    MlflowClient(embedded_uri).set_registered_model_tag(
+        model_name, "vitedit.champion.event.000002", json.dumps(
+            {"action": "promote", "version": good.version, "previous": "1", "by": "mallory",
+             "at": "2026-12-03T00:00:00+00:00", "forced": False, "reason": "",
+             "overridden": ""}))
+    settled, challenger = reconcile_ledger.fn(model_name, embedded_uri)
+    assert challenger == good.version and settled.committed == {}
+    with open_store() as store:
+        assert store.ledger_states(model_name) == {good.version: {"pending": 3}}
+
+
+def test_a_forged_mirror_event_numbered_beyond_the_audit_does_not_block_promotion(
+        as_reviewer, embedded_uri, register_base_as, good_edit, model_name, run_cli):
+    """Anyone with EDIT on the model can add a mirror event numbered beyond every integer
+    column. The next move is numbered from the audit and the signed move, so promotion goes
+    on (before, its audit row could not be stored and every promotion failed); history names
+    the stray event."""
+    from monitoring import open_store
+    from monitoring.audit import StoreAuditTrail
+
+    with open_store() as store:
+        register_base_as(model_name, embedded_uri, audit=StoreAuditTrail(store))
+    good = publish_edit(replace(good_edit.record, registered_model=model_name), embedded_uri)
+    MlflowClient(embedded_uri).set_registered_model_tag(
+        model_name, "vitedit.champion.event." + "9" * 20, json.dumps(
+            {"action": "promote", "version": "1", "previous": "", "by": "mallory",
+             "at": "2026-12-03T00:00:00+00:00"}))
+    promoted = run_cli("promote", "--run-id", good.run_id)
+    assert promoted.exit_code == 0, promoted.output
+    assert [(e.seq, e.version) for e in _audited(model_name)] == [(1, "1"), (2, "2")]
+    shown = run_cli("history", "--model", model_name)
+    assert f"#{'9' * 20}: in the MLflow mirror" in shown.stderr, shown.stderr

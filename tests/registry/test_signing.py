@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from registry import signing, versions
 from registry.errors import PromotionRefusedError
+from registry.lookup import verified_champion
 from registry.mlflow_registry import publish_edit
 from registry.promotion import ONNX_FILE, events, promote, verify
 from registry.versions import CHAMPION
@@ -195,6 +196,8 @@ def test_an_alias_moved_by_hand_is_told_apart_and_promote_vouches_for_it(as_revi
     grant, problems = signing.check_alias(client, base, CHAMPION)
     assert grant.version == good.version
     assert problems and "was moved outside vitedit-ops" in problems[0]
+    with pytest.raises(PromotionRefusedError, match="was moved outside vitedit-ops"):
+        verified_champion(name)  # what the nightly's pin-champion task asks: no night on v1
 
     # a forged move record is refused too
     forged = json.loads(client.get_registered_model(name).tags[signing.grant_tag(CHAMPION)])
@@ -207,3 +210,36 @@ def test_an_alias_moved_by_hand_is_told_apart_and_promote_vouches_for_it(as_revi
     assert again.exit_code == 0 and "champion -> v1" in again.stdout, again.output
     assert signing.check_alias(client, base, CHAMPION)[1] == []
     assert events(client, name)[-1].version == "1"
+
+
+def _weights_file(client: MlflowClient, name: str, version: str) -> Path:
+    from registry import artifacts
+
+    run = client.get_run(versions.get(client, name, version).run_id)
+    return Path(unquote(urlparse(run.info.artifact_uri).path)) / artifacts.WEIGHTS
+
+
+def test_swapped_torch_weights_are_refused_before_any_use(as_reviewer, lineage, run_cli):
+    """The safetensors weights a night edits and pyfunc loads, replaced by the ungated
+    version's (a file swap in the artifact store): promotion refuses by hash, a load refuses
+    by fingerprint; and with the fingerprint tag rewritten to match, both still refuse, by
+    the signed record."""
+    from registry.errors import RegistryError
+    from registry.loading import load_version
+
+    name, good, bad, client = lineage
+    served = _weights_file(client, name, good.version)
+    served.write_bytes(_weights_file(client, name, bad.version).read_bytes())
+    refused = run_cli("promote", "--run-id", good.run_id)
+    assert refused.exit_code == 3, refused.output
+    assert "weights weights/model.safetensors hash" in refused.stderr
+    with pytest.raises(RegistryError, match="do not match the version's"):
+        load_version(name, good.version)
+
+    swapped = client.get_model_version(name, bad.version).tags[versions.FINGERPRINT]
+    client.set_model_version_tag(name, good.version, versions.FINGERPRINT, swapped)
+    refused = run_cli("promote", "--run-id", good.run_id)
+    assert refused.exit_code == 3 and "was rewritten after signing" in refused.stderr
+    with pytest.raises(PromotionRefusedError, match=f"tag {versions.FINGERPRINT} was rewritten"):
+        load_version(name, good.version)
+    assert _champion(client, name) == "1"
