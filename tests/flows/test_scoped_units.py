@@ -42,3 +42,28 @@ def test_the_nights_other_units_are_kept_out_of_a_scope_unless_switched_off(line
 
     settings = EditSettings(scoped={"avoid_neighbours": False})
     assert _scoped_editor(context, unit, settings, preserved).avoid is None
+
+
+def test_a_large_cluster_is_split_into_units_when_max_unit_errors_asks(lineage):
+    """The wiring of ``scoped.max_unit_errors``: the same errors give more, smaller units,
+    and every unit but the last few stays within the limit's share."""
+    from flows.units import _Error, _subpopulations
+    from vitedit_ops.groups import ImageRef
+
+    model, spec = load_model(lineage.checkpoint)
+    context = SimpleNamespace(model=model, spec=spec, suite=load_suite(lineage.suite_dir),
+                              hypernet=MaskHypernet.load(lineage.hypernet_dir),
+                              base_preserved=lineage.clean[:60])
+    wrong = (lineage.predictions != lineage.labels).nonzero().flatten().tolist()
+    hashes = image_hashes(lineage.production[wrong])
+    errors = [_Error(ImageRef(h, f"mem://{h}"), int(lineage.labels[i]),
+                     int(lineage.predictions[i]), lineage.production[i])
+              for i, h in zip(wrong, hashes)]
+    loose = {"min_errors": 6, "max_units": 50, "cluster_scale": 50.0}  # one big cluster
+    whole, _, note = _subpopulations(context, errors, None, EditSettings(scoped=loose))
+    assert note == "" and len(whole) == 1
+    total = len(whole[0].edit_pixels) + len(whole[0].heldout_pixels)
+    parts, _, _ = _subpopulations(context, errors, None,
+                                  EditSettings(scoped={**loose, "max_unit_errors": 12}))
+    assert len(parts) >= 2
+    assert sum(len(u.edit_pixels) + len(u.heldout_pixels) for u in parts) <= total
