@@ -26,7 +26,7 @@ from vitedit_ops.groups import ErrorGroup, ImageRef
 from vitedit_ops.preprocess import Preprocessor
 from vitedit_ops.scope import window_keys
 from vitedit_ops.sites import EditWindow
-from vitedit_ops.subpopulations import Manifold, cluster
+from vitedit_ops.subpopulations import Manifold, cluster, split_large
 
 from .config import EditSettings
 from .edits import GroupImages
@@ -120,6 +120,10 @@ def _subpopulations(context: ChampionContext, errors: list[_Error],
         else np.zeros(0, dtype=int)
     keys = torch.cat([error_keys[error_off], correct_keys[correct_off]])
     labels = cluster(keys, manifold.whitening, settings.scoped.cluster_scale)
+    if settings.scoped.max_unit_errors is not None:
+        counted = np.arange(len(keys)) < len(error_off)
+        labels = split_large(keys, manifold.whitening, labels, counted,
+                             settings.scoped.max_unit_errors)
     clusters: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     for position, label in enumerate(labels.tolist()):
         if position < len(error_off):

@@ -60,3 +60,33 @@ def cluster(keys: torch.Tensor, whitening: Whitening, scale: float = CLUSTER_SCA
     cut = scale * float(nearest_other(z).median())
     return AgglomerativeClustering(n_clusters=None, distance_threshold=max(cut, 1e-9),
                                    linkage="average").fit_predict(z.double().numpy())
+
+
+def split_large(keys: torch.Tensor, whitening: Whitening, labels: np.ndarray,
+                counted: np.ndarray, max_count: int) -> np.ndarray:
+    """``labels`` with every cluster holding more than ``max_count`` counted keys (errors)
+    split into ``ceil(count / max_count)`` tighter parts (Ward linkage: parts of similar size).
+
+    Why: a loose cluster (the lookback gathers several nights' leftovers into one) gets one
+    scope whose ratio is set by the clean image nearest to any of its edges, so the scope
+    shrinks to balls around its edit images and misses its own held-out ones; tighter parts
+    each get a scope of their own.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    if max_count < 1:
+        raise ValueError(f"max_count must be at least 1, got {max_count}")
+    out = labels.copy()
+    z = whitening(keys).double().numpy()
+    next_label = int(labels.max()) + 1 if len(labels) else 0
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        parts = -(-int(counted[members].sum()) // max_count)
+        if parts < 2 or len(members) < parts:
+            continue
+        split = AgglomerativeClustering(n_clusters=parts, linkage="ward").fit_predict(
+            z[members])
+        for part in range(1, parts):  # part 0 keeps the cluster's label
+            out[members[split == part]] = next_label
+            next_label += 1
+    return out

@@ -54,6 +54,10 @@ VARIANTS: tuple[Variant, ...] = (
                  "half held out to judge it"),
     Variant("scopes, six units a night", {"scoped": {"max_units": 6}},
             note="the six largest subpopulations edited each night (the product: four)"),
+    Variant("scopes, clusters over 40 errors split", {"scoped": {"max_unit_errors": 40}},
+            note="a cluster of more than 40 errors becomes ceil(n / 40) tighter units (Ward), "
+                 "each with its own scope: the largest cluster's scope missed its own "
+                 "held-out images"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},

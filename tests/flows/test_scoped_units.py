@@ -1,6 +1,7 @@
 """What a night's scoped editor is told to keep out of its scope: the preserved pool's clean
-images always, the night's other units' images unless ``avoid_neighbours`` is off; and which
-editor it wraps (a learned update network's, when ``scoped.method`` is ke or mend)."""
+images always, the night's other units' images unless ``avoid_neighbours`` is off; which
+editor it wraps (a learned update network's, when ``scoped.method`` is ke or mend); and how
+a large cluster is split into units (``max_unit_errors``)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ def test_a_scoped_ke_unit_is_edited_by_the_lineages_network_inside_its_scope(lin
     result = editor.edit(model, suite.inputs(unit.edit_pixels), unit.edit_labels)
     assert isinstance(result.patch, ScopedPatch) and result.method == "ke+scope"
     assert result.settings["updater"] == "ke"
+
+
+def test_a_large_cluster_is_split_into_units_when_max_unit_errors_asks(lineage):
+    """The wiring of ``scoped.max_unit_errors``: the errors that make one loose cluster
+    become several units, and no error is counted twice."""
+    from flows.units import _Error, _subpopulations
+    from vitedit_ops.groups import ImageRef
+
+    model, spec = load_model(lineage.checkpoint)
+    context = SimpleNamespace(model=model, spec=spec, suite=load_suite(lineage.suite_dir),
+                              hypernet=MaskHypernet.load(lineage.hypernet_dir),
+                              base_preserved=lineage.clean[:60])
+    wrong = (lineage.predictions != lineage.labels).nonzero().flatten().tolist()
+    hashes = image_hashes(lineage.production[wrong])
+    errors = [_Error(ImageRef(h, f"mem://{h}"), int(lineage.labels[i]),
+                     int(lineage.predictions[i]), lineage.production[i])
+              for i, h in zip(wrong, hashes)]
+    loose = {"min_errors": 6, "max_units": 50, "cluster_scale": 50.0}  # one big cluster
+    whole, _, note = _subpopulations(context, errors, None, EditSettings(scoped=loose))
+    assert note == "" and len(whole) == 1
+    total = len(whole[0].edit_pixels) + len(whole[0].heldout_pixels)
+    parts, _, _ = _subpopulations(context, errors, None,
+                                  EditSettings(scoped={**loose, "max_unit_errors": 12}))
+    assert len(parts) >= 2
+    assert sum(len(u.edit_pixels) + len(u.heldout_pixels) for u in parts) <= total
