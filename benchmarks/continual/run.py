@@ -58,6 +58,9 @@ VARIANTS: tuple[Variant, ...] = (
             note="a cluster of more than 40 errors becomes ceil(n / 40) tighter units (Ward), "
                  "each with its own scope: the largest cluster's scope missed its own "
                  "held-out images"),
+    Variant("scopes, every window unit, clusters over 40 errors split",
+            {"scoped": {"keep_fraction": 1.0, "max_unit_errors": 40}},
+            note="the two levers above together"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},
