@@ -36,6 +36,8 @@ ModelName = Annotated[str | None, typer.Option(
     "--model", help="Registered model name (default: VITEDIT_REGISTERED_MODEL).")]
 Alias = Annotated[str, typer.Option("--alias", help="Alias to move.")]
 ShownAlias = Annotated[str, typer.Option("--alias", help="Alias whose moves to print.")]
+TrainedFor = Annotated[str, typer.Option(
+    "--version", help="Base version (lineage root) it was meta-trained for.")]
 
 
 def _guard(action: Callable[[], T]) -> T:
@@ -92,8 +94,7 @@ def register_base_command(
 
 
 def register_hypernet_command(
-    version: Annotated[str, typer.Option("--version", help="Base version (lineage root) it "
-                                         "was meta-trained for.")],
+    version: TrainedFor,
     hypernet: Annotated[Path, typer.Option("--hypernet", help="Directory `vitedit-ops "
                                            "meta-train` wrote (hypernet.json + weights).")],
     model: ModelName = None,
@@ -127,8 +128,7 @@ def register_hypernet_command(
 
 
 def register_updater_command(
-    version: Annotated[str, typer.Option("--version", help="Base version (lineage root) it "
-                                         "was meta-trained for.")],
+    version: TrainedFor,
     updater: Annotated[Path, typer.Option("--updater", help="Directory `vitedit-ops "
                                           "meta-train --updater ke|mend` wrote.")],
     model: ModelName = None,

@@ -127,14 +127,9 @@ def register_hypernet(name: str, base_version: str, directory: str | Path,
     client = conn.client
     base = _usable_base(client, name, base_version, "hypernetworks")
     hypernet = MaskHypernet.load(directory)
-    if hypernet.config.base_fingerprint != base.fingerprint:
-        raise RegistryError(f"hypernetwork in {directory} was meta-trained for weights "
-                            f"{hypernet.config.base_fingerprint[:12]}, {name} v{base_version} "
-                            f"holds {base.fingerprint[:12]}")
+    _refuse_other_weights("hypernetwork", directory, hypernet.config.base_fingerprint, base)
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp)
-        for file in FILES:
-            shutil.copy2(Path(directory) / file, staged / file)
+        staged = _staged(directory, FILES, tmp)
         if preserved is not None:
             save_file({"pixels": preserved.detach().cpu().float().contiguous()},
                       str(staged / PRESERVED_FILE))
@@ -147,6 +142,23 @@ def register_hypernet(name: str, base_version: str, directory: str | Path,
         client.set_model_version_tag(name, base_version, HYPERNET_RUN, run_id)
         client.set_model_version_tag(name, base_version, HYPERNET_SHA256, digest)
     return RegisteredAsset(name, base_version, run_id, digest, True)
+
+
+def _refuse_other_weights(what: str, directory: str | Path, fingerprint: str,
+                          base: versions.VersionInfo) -> None:
+    """A lineage asset is meta-trained for one base's weights; refuse it for another's."""
+    if fingerprint != base.fingerprint:
+        raise RegistryError(f"{what} in {directory} was meta-trained for weights "
+                            f"{fingerprint[:12]}, {base.name} v{base.version} holds "
+                            f"{base.fingerprint[:12]}")
+
+
+def _staged(directory: str | Path, files: tuple[str, ...], tmp: str) -> Path:
+    """A copy of the asset's ``files`` in ``tmp``, to hash and upload as one directory."""
+    staged = Path(tmp)
+    for file in files:
+        shutil.copy2(Path(directory) / file, staged / file)
+    return staged
 
 
 def load_assets(info: versions.VersionInfo, tracking_uri: str | None = None) -> LineageAssets:
@@ -183,14 +195,10 @@ def register_updater(name: str, base_version: str, directory: str | Path,
     base = _usable_base(client, name, base_version, "update networks")
     net = load_updater(directory)
     kind = net.kind
-    if net.config.base_fingerprint != base.fingerprint:
-        raise RegistryError(f"{kind} update network in {directory} was meta-trained for "
-                            f"weights {net.config.base_fingerprint[:12]}, {name} "
-                            f"v{base_version} holds {base.fingerprint[:12]}")
+    _refuse_other_weights(f"{kind} update network", directory, net.config.base_fingerprint,
+                          base)
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp)
-        for file in UPDATER_FILES:
-            shutil.copy2(Path(directory) / file, staged / file)
+        staged = _staged(directory, UPDATER_FILES, tmp)
         digest = artifacts.directory_sha256(staged)
         run_id = base.tags.get(updater_tag(kind, "run_id"), "")
         if base.tags.get(updater_tag(kind, "sha256")) == digest and not _updater_problem(
