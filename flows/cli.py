@@ -52,7 +52,7 @@ def nightly(
     Prefect run's logs, or on the console with --debug."""
     from pydantic import ValidationError
 
-    from vitedit_ops.errors import InvalidInputError
+    from vitedit_ops.errors import InvalidInputError, VitEditError
 
     from .config import EditSettings
 
@@ -68,7 +68,6 @@ def nightly(
     from rich.console import Console
 
     from registry.client import first_line
-    from vitedit_ops.errors import VitEditError
     from vitedit_ops.gate import GateConfig
     from vitedit_ops.settings import get_settings
 
