@@ -21,7 +21,7 @@ demo: $(STAMP)
 # starting, commands run in their own processes, polls), so a third worker fills the idle
 # core. A module's tests stay on one worker (its module fixtures are built once), in the order
 # tests/conftest.py gives (--no-loadscope-reorder: xdist would sort modules by test count and
-# run the one-test benchmarks last). 805 tests took 11 min 55 s and 12 min 8 s so on 2026-12-03
+# run the one-test benchmarks last). 805 tests took 11:55, 12:08 and 11:39 so on 2026-12-03
 # (load ~3, the suite's own; 776 tests took 16 min 43 s with two workers and xdist's order): at
 # the 12-minute goal, not under it. TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 3
