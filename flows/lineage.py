@@ -28,6 +28,7 @@ from vitedit_ops.learned_update import UpdateNet
 from vitedit_ops.metrics import predict_logits
 from vitedit_ops.models import ModelSpec
 from vitedit_ops.scoped import STACK, scoped_patches
+from vitedit_ops.scratch import scratch_prefix
 
 _CACHE_SIZE = 2
 
@@ -147,7 +148,7 @@ def _load(ref: ChampionRef) -> ChampionContext:
         if plain != set(hypernet.config.base_tensor_fingerprints):
             raise  # another architecture: nothing of this lineage applies
         refusal, lineage = str(exc), None
-    workdir = tempfile.TemporaryDirectory(prefix="vitedit-champion-")
+    workdir = tempfile.TemporaryDirectory(prefix=scratch_prefix("champion"))
     suite = load_suite(download_suite(ref.name, ref.version, dst=workdir.name,
                                       tracking_uri=ref.tracking_uri))
     suite.assert_lineage(info.lineage_root_fingerprint)

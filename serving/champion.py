@@ -29,6 +29,7 @@ from registry.versions import CHAMPION, VersionInfo
 from vitedit_ops.export import active_provider, load_session
 from vitedit_ops.models import ModelSpec
 from vitedit_ops.preprocess import Preprocessor
+from vitedit_ops.scratch import scratch_prefix
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def load(info: VersionInfo, tracking_uri: str | None = None,
          threads: int | None = None, not_before: int = 0) -> Champion:
     """Download, verify and load ``info``; raises ``PromotionRefusedError`` if it does not
     verify (CUDA provider first when onnxruntime can use it)."""
-    root = Path(tempfile.mkdtemp(prefix="vitedit-serve-"))
+    root = Path(tempfile.mkdtemp(prefix=scratch_prefix("serve")))
     try:
         onnx_path, spec, move = download_served(info, root, tracking_uri,
                                                 not_before=not_before)
