@@ -41,6 +41,10 @@ def bench(
     merge: list[Path] = typer.Option([], "--merge", help="With --continual: run nothing; "
                                      "write one report from these finished runs' directories "
                                      "(repeatable), e.g. variants run in parallel."),
+    across_seeds: bool = typer.Option(False, "--across-seeds", help="With --continual "
+                                      "--merge: the runs were made at several --seed values; "
+                                      "write each variant's figures seed by seed and its "
+                                      "paired difference from the product (seeds.md)."),
     serving: bool = typer.Option(False, "--serving", help="Only the serving benchmark: "
                                  "logger and file-ingest records/s, served vs bare "
                                  "onnxruntime, latency under load, alias swaps."),
@@ -67,6 +71,9 @@ def bench(
         _ceiling(quick, out, write_docs, seed)
         return
     if continual:
+        if across_seeds:
+            _seeds(merge, out)
+            return
         _continual(quick, out, tuple(variant), write_docs, merge, seed)
         return
     # benchmarks/ is a top-level package outside the engine: imported only when bench runs
@@ -135,6 +142,17 @@ def _continual(quick: bool, out: Path | None, variants: tuple[str, ...],
         write_section(DOCS / "BENCHMARKS.md", "continual", (out / "continual.md").read_text())
         shutil.copy(out / "continual.json", DOCS / "continual-results.json")
         console.print("docs/BENCHMARKS.md updated")
+
+
+def _seeds(merge: list[Path], out: Path | None) -> None:
+    """``bench --continual --merge ... --across-seeds``: one table over the seeds."""
+    from benchmarks.continual.seeds import across_seeds, write_results
+
+    out = out or Path("bench-results") / datetime.now().strftime("seeds-%Y%m%d-%H%M%S")
+    results = write_results(across_seeds(merge), out)
+    console.print(f"{len(results['variants'])} variant(s) over seeds "
+                  f"{', '.join(map(str, results['seeds']))}: {out / 'seeds.md'}")
+    console.print((out / "seeds.md").read_text(), highlight=False, markup=False, soft_wrap=True)
 
 
 def _ceiling(quick: bool, out: Path | None, write_docs: bool | None, seed: int = 0) -> None:
