@@ -92,6 +92,35 @@ def paired_difference(rows: Iterable[Row], a: tuple, b: tuple, metric: str = "gr
     return {"mean": mean, "low": mean - t * se, "high": mean + t * se, "n": len(diffs)}
 
 
+def paired_across_runs(rows_a: list[Row], rows_b: list[Row], family: str, k: int,
+                       threshold: float, names: tuple[str, str] = ("a", "b"),
+                       metric: str = "lr_locality") -> dict[str, Any]:
+    """One family in two runs on the same cases (e.g. two hypernetworks): each run's operating
+    point chosen on its own select half, and the per-case GR difference b - a on the
+    evaluation half with a 95% t-interval."""
+    cases: dict[str, dict[int, Row]] = {}
+    out: dict[str, Any] = {"family": family, "k": k, "threshold": threshold}
+    for name, rows in zip(names, (rows_a, rows_b)):
+        key = best_point(point_means(rows, "select"), family, k, threshold, metric)
+        if key is None:
+            return {**out, "missing": name}
+        out[f"{name}_point"] = {"knob": key[1], "lr": key[2]}
+        cases[name] = {r["case"]: r for r in rows if r["split"] == "eval"
+                       and (r["family"], r["knob"], r["lr"], r["k"]) == key}
+    shared = sorted(set(cases[names[0]]) & set(cases[names[1]]))
+    if len(shared) < 2:
+        return {**out, "missing": "shared evaluation cases"}
+    diffs = [cases[names[1]][c]["gr"] - cases[names[0]][c]["gr"] for c in shared]
+    mean = statistics.fmean(diffs)
+    half = (float(scipy.stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs)
+            / math.sqrt(len(diffs)))
+    for name in names:
+        out[name] = {m: statistics.fmean(cases[name][c][m] for c in shared)
+                     for m in ("gr", metric, "reliability")}
+    return {**out, "n": len(shared),
+            "difference": {"mean": mean, "low": mean - half, "high": mean + half}}
+
+
 def matched_comparison(rows: list[Row], families: list[str], k: int, threshold: float,
                        product: str, metric: str = "lr_locality",
                        baselines: list[str] | None = None) -> dict[str, Any]:

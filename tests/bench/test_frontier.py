@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from benchmarks.frontier import (best_point, interpolated_gr, matched_comparison,
-                                 paired_difference, point_means)
+                                 paired_across_runs, paired_difference, point_means)
 from vitedit_ops.edit_cases import GroupInputs, make_cases
 
 
@@ -104,3 +104,24 @@ def test_parallel_grid_gives_the_same_rows_as_a_serial_run():
     parallel = run_grid(model, points, cases, [1, 2], evals, _tiny_args, workers=2)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa
     assert strip(parallel) == strip(serial)
+
+
+def test_two_runs_are_paired_case_by_case_at_each_runs_own_operating_point():
+    # run a: lr 1 is the select half's best point at LR >= 0.95, lr 2 misses the locality;
+    # run b: lr 2 is its best point; the evaluation half is compared case by case
+    def run(points, slope):
+        return [_row("p", lr, c, gr + slope * c, loc, split=split)
+                for lr, gr, loc in points for c in range(8)
+                for split in (("select",) if c < 4 else ("eval",))]
+    a = run([(1, 0.50, 0.99), (2, 0.90, 0.90)], 0.01)
+    b = run([(1, 0.40, 0.99), (2, 0.70, 0.96)], 0.02)  # differences 0.24 .. 0.27
+    out = paired_across_runs(a, b, "p", 1, 0.95, names=("cutmix", "pgd"))
+    assert out["cutmix_point"]["lr"] == 1 and out["pgd_point"]["lr"] == 2
+    assert out["n"] == 4
+    assert out["difference"]["mean"] == pytest.approx(0.255)
+    assert 0.2 < out["difference"]["low"] < 0.255 < out["difference"]["high"] < 0.3
+    assert out["pgd"]["lr_locality"] == pytest.approx(0.96)
+    # a run with no point at the threshold says which; fewer than 2 shared cases too
+    assert paired_across_runs(a, b, "p", 1, 0.995)["missing"] == "a"
+    assert paired_across_runs(a, [r for r in b if r["case"] < 5], "p", 1, 0.95)["missing"] \
+        == "shared evaluation cases"
