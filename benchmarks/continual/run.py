@@ -100,6 +100,31 @@ VARIANTS: tuple[Variant, ...] = (
             {"subpopulations": False, "method": "mend", "lr": 0.5, "max_steps": 3,
              "ce_target": 0.5},
             note="the same with the reference MEND network (editors/mend.py)"),
+    # the paper's other baselines as the nightly would run them: one edit per (true,
+    # predicted) group, each method at its own single-edit point nearest LR >= 0.99 (the quick
+    # run in docs/frontier.md), with the product's step limit and stop (CE <= 0.5)
+    Variant("KN: attributed units, pair edits",
+            {"subpopulations": False, "method": "kn", "lr": 1e-3, "keep_fraction": 0.1,
+             "null_space_energy": 0.0, "jitter_copies": 0},
+            note="knowledge neurons (editors/kn.py): integrated-gradients attribution picks "
+                 "the window units, a masked fine-tune edits them; no confinement, no jitter"),
+    Variant("ROME: rank-one fc2 update, pair edits",
+            {"subpopulations": False, "method": "rome", "lr": 3e-2},
+            note="ROME (editors/rome.py) at the window's middle block, key covariance from "
+                 "the preserved pool, value norm clamped"),
+    Variant("ROME+LoRA, pair edits",
+            {"subpopulations": False, "method": "rome_lora", "lr": 1e-3},
+            note="ROME's site with a LoRA update instead of the rank-one solve "
+                 "(editors/rome_lora.py)"),
+    Variant("T-Patcher: added neurons, pair edits",
+            {"subpopulations": False, "method": "t_patcher", "lr": 3e-2},
+            note="T-Patcher (editors/t_patcher.py): one neuron per group added to the last "
+                 "window FFN, trained to fire on its images only; patches stack night after "
+                 "night"),
+    Variant("GRACE: codebook routing, pair edits",
+            {"subpopulations": False, "method": "grace", "lr": 3e-2},
+            note="GRACE (editors/grace.py): a codebook of keys at the last window FFN's "
+                 "input with a deferral radius; what routing alone achieves"),
     Variant("scopes, KE inside",
             {"scoped": {"method": "ke", "lr": 2.0, "max_steps": 3, "ce_target": 0.05}},
             note="the product with the reference KE network as the editor inside each scope "
