@@ -106,8 +106,30 @@ class ScopedPatch(nn.Module):
         params = dict(model.named_parameters())
         deltas = [ScopedDelta(e.param, e.kind, (e.after - e.before).float(), e.index,
                               params[e.param].shape) for e in patch.entries]
-        return cls(scope, deltas, block, weights_fingerprint(model), inside_keys,
-                   {**patch.metadata, "scoped": "true"})
+        scoped = cls(scope, deltas, block, weights_fingerprint(model), inside_keys,
+                     {**patch.metadata, "scoped": "true"})
+        scoped.check_targets(model)
+        return scoped
+
+    def check_targets(self, model: nn.Module) -> None:
+        """Refuse changes the stack could not apply inside the scope: the stack adds a change
+        to the output of an FFN matrix (``*.mlp.fc1.weight`` / ``*.mlp.fc2.weight``) that runs
+        at or after ``block``, where the scope reads its input. A bias, an attention weight or a
+        matrix of an earlier block would be dropped, or gated by the previous input's scope."""
+        names = [name for name, _ in model.named_modules()]
+        if self.block not in names:
+            raise IncompatibleBaseError(f"scoped patch reads block {self.block!r}, which the "
+                                        "model does not have")
+        first = names.index(self.block)
+        for delta in self.deltas:
+            module, _, leaf = delta.weight_name.rpartition(".")
+            if leaf != "weight" or not (module.endswith(".mlp.fc1")
+                                        or module.endswith(".mlp.fc2")):
+                raise VitEditError(f"scoped patch changes {delta.weight_name}: a scope can only "
+                                   "gate the weight matrices of FFNs (mlp.fc1 / mlp.fc2)")
+            if module not in names or names.index(module) < first:
+                raise VitEditError(f"scoped patch changes {delta.weight_name}, which runs before "
+                                   f"{self.block}, where its scope reads the input")
 
     # -- the Patch interface ------------------------------------------------------------
     @property
@@ -136,6 +158,7 @@ class ScopedPatch(nn.Module):
             raise PatchConflictError(
                 f"cannot apply scoped patch: it was made on weights {self.weights[:12]}, the "
                 f"model holds {current[:12]}")
+        self.check_targets(model)
         ScopeStack.installed(model, self.block, create=True).push(self)
 
     def rebased(self, model: nn.Module) -> ScopedPatch:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitedit_ops.editors import ScopedEditor, create_editor
-from vitedit_ops.errors import InvalidInputError, PatchConflictError
+from vitedit_ops.errors import InvalidInputError, PatchConflictError, VitEditError
 from vitedit_ops.export import export_onnx, load_session, run_session
 from vitedit_ops.learned_update import new_updater
 from vitedit_ops.models import ModelSpec, fingerprint, load_model, save_model
@@ -245,3 +245,28 @@ def test_keys_are_read_at_the_window_input_for_vit_and_swin(vit, swin):
     assert keys.shape == (4, 32) and prefix_tokens(vit) == 1
     swin_keys = window_keys(swin, edit_window(swin), torch.randn(4, 3, 32, 32))
     assert swin_keys.shape[0] == 4 and prefix_tokens(swin) == 0
+
+
+def test_a_change_no_scope_can_gate_is_refused_by_name(world):
+    model, window, clean, first, _ = world
+    patch = _scoped(model, window, clean, first, label=0).patch
+    delta = patch.deltas[0]
+    cases = {
+        # a matrix of a block before the window: it runs before the scope reads its input
+        "blocks.0.mlp.fc2.weight": "runs before blocks.1",
+        "blocks.1.mlp.fc2.bias": "weight matrices of FFNs",    # a bias: the stack adds none
+        "blocks.1.attn.qkv.weight": "weight matrices of FFNs",  # not an FFN
+    }
+    for name, message in cases.items():
+        wrong = ScopedPatch(patch.scope, [type(delta)(name, "dense", torch.zeros(1, 1), None,
+                                                      (1, 1))],
+                            patch.block, patch.weights, patch.inside_keys)
+        with pytest.raises(VitEditError, match=message):
+            wrong.apply(model)
+        assert not scoped_patches(model)  # nothing joined the stack
+    elsewhere = ScopedPatch(patch.scope, list(patch.deltas), "blocks.9", patch.weights,
+                            patch.inside_keys)
+    with pytest.raises(VitEditError, match="does not have"):
+        elsewhere.apply(model)
+    patch.apply(model)  # the editor's own patch targets the window's FFN matrices
+    assert len(scoped_patches(model)) == 1
