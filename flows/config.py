@@ -61,7 +61,7 @@ class ScopedSettings(BaseModel):
                                " copies of every image of the subpopulation in the loss.")
     min_errors: int = Field(6, ge=2, description="Smaller subpopulations wait for more data.")
     max_units: int = Field(4, ge=1, description="Largest subpopulations edited per night.")
-    max_unit_errors: int | None = Field(None, ge=6, description="A cluster with more errors "
+    max_unit_errors: int | None = Field(40, ge=6, description="A cluster with more errors "
                                         "than this is split into tighter parts, each a unit "
                                         "with its own scope (None: never split).")
     max_edit_images: int | None = Field(64, ge=1, description="Edit images per subpopulation "

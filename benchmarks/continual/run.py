@@ -43,10 +43,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(PRODUCT, note="the nightly flow's defaults (EditSettings())"),
     Variant("no scopes: (true, predicted) groups only", {"subpopulations": False},
             note="the product before subpopulations and scopes: null-space pair edits"),
-    Variant("scopes, every window unit", {"scoped": {"keep_fraction": 1.0}},
-            note="does the hypernetwork's choice of units matter inside a scope?"),
-    Variant("scopes, random mask", {"scoped": {"method": "random_mask"}},
-            note="the same number of units inside the scope, chosen at random"),
+    Variant("scopes, a quarter of the window units", {"scoped": {"keep_fraction": 0.25}},
+            note="the hypernetwork's quarter of the window units inside each scope (the "
+                 "product edits every unit there)"),
+    Variant("scopes, random mask", {"scoped": {"method": "random_mask", "keep_fraction": 0.25}},
+            note="a quarter of the window units inside the scope, chosen at random"),
     Variant("scopes, jittered copies", {"scoped": {"jitter_copies": 4}},
             note="four jittered copies of every subpopulation image in the scoped edit"),
     Variant("scopes, half held out", {"scoped": {"heldout_fraction": 0.5}},
@@ -54,13 +55,13 @@ VARIANTS: tuple[Variant, ...] = (
                  "half held out to judge it"),
     Variant("scopes, six units a night", {"scoped": {"max_units": 6}},
             note="the six largest subpopulations edited each night (the product: four)"),
-    Variant("scopes, clusters over 40 errors split", {"scoped": {"max_unit_errors": 40}},
-            note="a cluster of more than 40 errors becomes ceil(n / 40) tighter units (Ward), "
-                 "each with its own scope: the largest cluster's scope missed its own "
-                 "held-out images"),
-    Variant("scopes, every window unit, clusters over 40 errors split",
-            {"scoped": {"keep_fraction": 1.0, "max_unit_errors": 40}},
-            note="the two levers above together"),
+    Variant("scopes, large clusters not split", {"scoped": {"max_unit_errors": None}},
+            note="one unit per cluster however large (the product splits a cluster of more "
+                 "than 40 errors into ceil(n / 40) tighter units, each with its own scope)"),
+    Variant("scopes, the previous default",
+            {"scoped": {"keep_fraction": 0.25, "max_unit_errors": None}},
+            note="the product before both levers: the hypernetwork's quarter of the units, "
+                 "clusters never split"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},

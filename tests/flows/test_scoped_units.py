@@ -84,7 +84,8 @@ def test_a_large_cluster_is_split_into_units_when_max_unit_errors_asks(lineage):
     errors = [_Error(ImageRef(h, f"mem://{h}"), int(lineage.labels[i]),
                      int(lineage.predictions[i]), lineage.production[i])
               for i, h in zip(wrong, hashes)]
-    loose = {"min_errors": 6, "max_units": 50, "cluster_scale": 50.0}  # one big cluster
+    # one big cluster, never split
+    loose = {"min_errors": 6, "max_units": 50, "cluster_scale": 50.0, "max_unit_errors": None}
     whole, _, note = _subpopulations(context, errors, None, EditSettings(scoped=loose))
     assert note == "" and len(whole) == 1
     total = len(whole[0].edit_pixels) + len(whole[0].heldout_pixels)

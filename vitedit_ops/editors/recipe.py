@@ -57,9 +57,10 @@ PRODUCT = EditRecipe("localized", {
 """What the nightly flow runs by default (docs/frontier.md measures each option)."""
 
 PRODUCT_SCOPED = EditRecipe("localized", {
-    # inside its scope a patch may change as much as the subpopulation needs: a quarter of
-    # the window's units (the hypernetwork says which), no confinement, more steps
-    "keep_fraction": 0.25,
+    # inside its scope a patch may change as much as the subpopulation needs: every window
+    # unit (a quarter, the hypernetwork's choice, shipped fewer nights and repaired less over
+    # three scenario seeds: docs/BENCHMARKS.md), no confinement, more steps
+    "keep_fraction": 1.0,
     "lr": 3e-4,
     "optimizer": "rmsprop",
     "max_steps": 300,
