@@ -5,8 +5,10 @@ rows: the second one's recorded before-values are then stale. It is *rebased*: i
 (after - before) is re-expressed on the current weights, which keeps every patch exact and
 revertible in application order. After each patch, every group applied so far must still fix
 as many of its edit images as it did alone (all of them, for an edit), and the stack must stay
-above the per-group suite floors (locality, retention of earlier nights' fixes): groups that each pass alone can fail together. A group
-that breaks any of this is taken back out and reported.
+above the per-group suite floors (locality, retention of earlier nights' fixes): groups that
+each pass alone can fail together. A group that breaks any of this is taken back out and
+reported, as is one whose change cannot be re-expressed on the stack (two codebook edits that
+changed the same entry): the night goes on with the others.
 """
 
 from __future__ import annotations
@@ -71,8 +73,14 @@ def combine(context: ChampionContext, outcomes: list[GroupOutcome],
             outcome.edit.patch.apply(model)
             patch = outcome.edit.patch
         except PatchConflictError:
-            patch = rebase(outcome.edit.patch, model)
-            patch.apply(model)
+            try:
+                patch = rebase(outcome.edit.patch, model)
+                patch.apply(model)
+            except PatchConflictError as exc:  # e.g. two codebook edits changed one entry
+                final.append(replace(outcome, edit=outcome.edit.left_out(
+                    f"left out when combining: it cannot be stacked on the earlier groups "
+                    f"({exc})")))
+                continue
         broken = [o.key for o, _ in [*applied, (outcome, patch)]
                   if not _fixes_all(context, model, o)]
         problems = ([f"it breaks {', '.join(broken)}"] if broken else

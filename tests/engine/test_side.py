@@ -148,3 +148,48 @@ def test_grace_adds_far_keys_grows_radii_for_the_same_label_and_splits_conflicts
     assert (split.added, split.split) == (1, 1)
     assert split.radii.tolist() == pytest.approx([0.75, 0.75])
     assert split.labels.tolist() == [1, 2] and split.trained == [1]
+
+
+@pytest.mark.parametrize("name", ["grace", "t_patcher"])  # SERAC's: tests/engine/test_serac.py
+def test_edits_made_on_one_champion_restack_and_both_hold(name, vit):
+    # the nightly edits every unit on its own copy of the champion, then stacks them (SERAC's
+    # scopes must be fitted to avoid each other's images for both to hold: its own test)
+    first_images, second_images = _images(3, 2.0, 1), _images(3, -2.0, 2)
+    first = _edit(name, vit, first_images, _wrong_label(vit, first_images))
+    second = _edit(name, vit, second_images, _wrong_label(vit, second_images))
+    assert first.success and second.success
+    base = fingerprint(vit)
+    first.patch.apply(vit)
+    with pytest.raises(PatchConflictError):
+        second.patch.apply(vit)  # made on the champion, not on the champion plus the first
+    restacked = second.patch.rebased(vit)
+    restacked.apply(vit)
+    entries = installed(vit, name).layout()["entries"]
+    assert entries == first.patch.after.layout["entries"] + \
+        second.patch.after.layout["entries"] - (second.patch.before.layout["entries"]
+                                                if second.patch.before else 0)
+    assert torch.equal(vit(first_images).argmax(-1), first.predictions_after)
+    assert torch.equal(vit(second_images).argmax(-1), second.predictions_after)
+    restacked.revert(vit)
+    first.patch.revert(vit)
+    assert fingerprint(vit) == base
+
+
+def test_a_grace_entry_changed_by_two_edits_is_refused_when_restacking():
+    from vitedit_ops.editors.grace import GraceCodebook
+
+    def state(radii, entries=2):
+        keys = torch.eye(2)[:entries]
+        return SideState.of(GraceCodebook("blocks.3.mlp.fc2", 1, keys, torch.zeros(entries, 2),
+                                          torch.tensor(radii[:entries]),
+                                          torch.arange(entries)))
+
+    before = state([0.5, 0.5])
+    one = state([0.7, 0.5])  # another edit grew entry 0
+    with pytest.raises(PatchConflictError, match="entry 0 was changed by another edit"):
+        GraceCodebook.restack(before, state([0.9, 0.5]), one)
+    # this edit grew entry 1 only: both changes hold
+    merged = GraceCodebook.restack(before, state([0.5, 0.8]), one).tensors
+    assert merged["radii"].tolist() == pytest.approx([0.7, 0.8])
+    with pytest.raises(PatchConflictError, match="does not extend"):
+        GraceCodebook.restack(before, state([0.5, 0.8]), state([0.5], entries=1))

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PatchConflictError
 from ..scope import prefix_tokens
 from ..side import (SideModule, SideState, plain_fingerprint, register_side_module, state_of,
                     swapped_in)
@@ -93,6 +93,55 @@ class GraceCodebook(SideModule):
 
     def _replace(self, _module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         return codebook_output(args[0], out, self.keys, self.values, self.radii, self.prefix)
+
+    @staticmethod
+    def restack(before: SideState | None, after: SideState, current: SideState | None
+                ) -> SideState:
+        """The edit ``before`` -> ``after`` on a codebook other edits changed since: the
+        entries it added are appended to ``current``'s, and the entries of ``before`` it
+        changed (a grown or split radius, retrained values) take their new radius and value,
+        provided no other edit changed them too (then which change holds is not decidable:
+        refused). ``current`` must extend ``before``: the same layer and the same first
+        entries' keys and labels."""
+        made = after.tensors
+        base_count = int(before.layout["entries"]) if before is not None else 0
+        if current is None:
+            if base_count:
+                raise PatchConflictError("cannot restack grace patch: the model has no "
+                                         "codebook, the patch was made on one")
+            return after
+        onto = current.tensors
+        same_site = all(current.layout[k] == after.layout[k]
+                        for k in ("layer", "prefix", "key_width", "value_width"))
+        if not same_site or int(current.layout["entries"]) < base_count:
+            raise PatchConflictError(f"cannot restack grace patch: the model's codebook at "
+                                     f"{current.layout['layer']} does not extend the one it "
+                                     f"was made on at {after.layout['layer']}")
+        if before is not None:
+            kept = before.tensors
+            if not (torch.equal(onto["keys"][:base_count], kept["keys"])
+                    and torch.equal(onto["labels"][:base_count], kept["labels"])):
+                raise PatchConflictError("cannot restack grace patch: the model's codebook "
+                                         "does not start with the entries it was made on")
+        keys, values = onto["keys"].clone(), onto["values"].clone()
+        radii, labels = onto["radii"].clone(), onto["labels"].clone()
+        for i in range(base_count):
+            ours = (not torch.equal(made["radii"][i], kept["radii"][i])
+                    or not torch.equal(made["values"][i], kept["values"][i]))
+            if not ours:
+                continue
+            theirs = (not torch.equal(onto["radii"][i], kept["radii"][i])
+                      or not torch.equal(onto["values"][i], kept["values"][i]))
+            if theirs:
+                raise PatchConflictError(f"cannot restack grace patch: codebook entry {i} "
+                                         "was changed by another edit too")
+            radii[i], values[i] = made["radii"][i], made["values"][i]
+        module = GraceCodebook(after.layout["layer"], after.layout["prefix"],
+                               torch.cat([keys, made["keys"][base_count:]]),
+                               torch.cat([values, made["values"][base_count:]]),
+                               torch.cat([radii, made["radii"][base_count:]]),
+                               torch.cat([labels, made["labels"][base_count:]]))
+        return SideState.of(module)
 
 
 class TrainableCodebook(SideTraining):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PatchConflictError
 from ..scope import prefix_tokens
 from ..side import (SideModule, SideState, plain_fingerprint, register_side_module, state_of,
                     swapped_in)
@@ -77,6 +77,36 @@ class AddedNeurons(SideModule):
 
     def _add(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         return with_neurons(module, args[0], out, self.keys, self.bias, self.values)
+
+    @staticmethod
+    def restack(before: SideState | None, after: SideState, current: SideState | None
+                ) -> SideState:
+        """The edit ``before`` -> ``after`` on neurons other edits added to since: an edit
+        only appends neurons (earlier ones stay fixed), so its new neurons are appended to
+        ``current``'s. ``current`` must extend ``before``: the same FFN and the same first
+        neurons."""
+        count = int(before.layout["entries"]) if before is not None else 0
+        made = after.tensors
+        if current is None:
+            if count:
+                raise PatchConflictError("cannot restack t_patcher patch: the model has no "
+                                         "added neurons, the patch was made on some")
+            return after
+        onto = current.tensors
+        extends = (current.layout["mlp"] == after.layout["mlp"]
+                   and current.layout["width"] == after.layout["width"]
+                   and int(current.layout["entries"]) >= count
+                   and (before is None or all(torch.equal(onto[k][:count] if k != "values"
+                                                          else onto[k][:, :count], v)
+                                              for k, v in before.tensors.items())))
+        if not extends:
+            raise PatchConflictError(f"cannot restack t_patcher patch: the model's neurons at "
+                                     f"{current.layout['mlp']} do not extend those it was made "
+                                     f"on at {after.layout['mlp']}")
+        return SideState.of(AddedNeurons(
+            after.layout["mlp"], torch.cat([onto["keys"], made["keys"][count:]]),
+            torch.cat([onto["bias"], made["bias"][count:]]),
+            torch.cat([onto["values"], made["values"][:, count:]], dim=1)))
 
 
 class TrainableNeurons(SideTraining):
