@@ -154,10 +154,17 @@ def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHyperne
                 review(store, requests, world.scenario.feedback_time(day))
             served_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            result: NightlyResult = nightly_edit(
-                model=MODEL, edit_settings=EditSettings(**variant.edit), gate=variant.gate,
-                auto_promote=True, as_of=world.scenario.night_time(day))
+            error = ""
+            try:
+                result: NightlyResult | None = nightly_edit(
+                    model=MODEL, edit_settings=EditSettings(**variant.edit), gate=variant.gate,
+                    auto_promote=True, as_of=world.scenario.night_time(day))
+            except Exception as exc:  # noqa: BLE001 - production's next night runs too
+                result, error = None, f"{type(exc).__name__}: {exc}"
+                log(f"  {variant.name} night {day + 1} ({kind}): the night failed ({error}); "
+                    "the champion stays, the next night runs")
             night_seconds = time.perf_counter() - started
+            groups = result.groups if result else []
             info = champion(MODEL, uri)
             model, spec, _ = load_version(MODEL, info.version, tracking_uri=uri)
             preprocessor = Preprocessor(spec)
@@ -168,14 +175,16 @@ def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHyperne
             rows.append({
                 "variant": variant.name, "night": day + 1, "shift": kind,
                 "champion_served": server.version, "champion_after": info.version,
-                "status": result.status, "gate_passed": result.gate_passed,
-                "promoted": result.promoted,
-                "failed_checks": [] if result.gate is None else
+                "status": result.status if result else "failed",
+                "error": error,
+                "gate_passed": bool(result and result.gate_passed),
+                "promoted": result.promoted if result else None,
+                "failed_checks": [] if result is None or result.gate is None else
                 [c.name for c in result.gate.checks if not c.passed],
                 "served_errors": served_errors,
-                "groups_collected": int(result.collected.get("groups", 0)),
-                "groups_edited": sum(1 for g in result.groups if g.get("outcome") != "error"),
-                "groups_applied": sum(1 for g in result.groups
+                "groups_collected": int(result.collected.get("groups", 0)) if result else 0,
+                "groups_edited": sum(1 for g in groups if g.get("outcome") != "error"),
+                "groups_applied": sum(1 for g in groups
                                       if g.get("outcome") in ("accepted", "applied")),
                 "errors_before": {k: before[k] for k in shown},
                 "errors_after": {k: errors[k] for k in shown},
@@ -185,15 +194,15 @@ def run_variant(reference: Reference, reference_dir: Path, hypernet: MaskHyperne
                 "norm_growth": measure.norm_growth(model),
                 "units": [{k: g.get(k) for k in ("group", "edit", "heldout", "outcome",
                                                  "generalization", "heldout_in_scope", "note")}
-                          for g in result.groups],
+                          for g in groups],
                 "serve_seconds": round(served_seconds, 2),
                 "night_seconds": round(night_seconds, 2),
             })
             fixed_earlier = _fixes(images, MODEL)
             row = rows[-1]
             failed = ", ".join(row["failed_checks"])
-            log(f"  {variant.name} night {day + 1} ({kind}): {result.status}, gate "
-                f"{'passed' if result.gate_passed else 'failed: ' + failed}, applied "
+            log(f"  {variant.name} night {day + 1} ({kind}): {row['status']}, gate "
+                f"{'passed' if row['gate_passed'] else 'failed: ' + failed}, applied "
                 f"{row['groups_applied']}/{row['groups_collected']} groups, shown-shift errors "
                 f"{sum(row['errors_before'].values())} -> {sum(row['errors_after'].values())}, "
                 f"clean agreement {row['clean_agreement']:.3f}, {night_seconds:.0f} s")

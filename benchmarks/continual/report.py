@@ -18,6 +18,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     after = sum(last["errors_after"].values())
     return {
         "nights": len(rows), "nights_passed": sum(r["gate_passed"] for r in rows),
+        "nights_failed": sum(r.get("status") == "failed" for r in rows),  # the flow raised
         "nights_promoted": sum(bool(r["promoted"]) for r in rows),
         "errors_before": before, "errors_after": after,
         "error_reduction": (before - after) / before if before else None,

@@ -189,7 +189,14 @@ def run_continual(reference: Reference, reference_dir: Path, hypernet: MaskHyper
         nights[variant.name] = run_variant(
             reference, reference_dir, hypernet, world, variant, out_dir, log,
             updater_iterations=QUICK_UPDATER_ITERATIONS if config.quick else None)
-    results = {
+        # after every variant: a run stopped later keeps the variants it finished
+        write_results(_results(config, scenario, reference, nights, started), out_dir)
+    return write_results(_results(config, scenario, reference, nights, started), out_dir)
+
+
+def _results(config: ContinualConfig, scenario: Scenario, reference: Reference,
+             nights: dict[str, list[dict[str, Any]]], started: float) -> dict[str, Any]:
+    return {
         "command": " ".join(shlex.quote(a) for a in sys.argv), "quick": config.quick,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch threads "
@@ -197,13 +204,12 @@ def run_continual(reference: Reference, reference_dir: Path, hypernet: MaskHyper
                    f"{'yes' if torch.cuda.is_available() else 'no'}",
         "scenario": scenario.to_dict(),
         "variants": {v.name: {"edit": v.edit, "gate": v.gate, "note": v.note}
-                     for v in config.chosen()},
+                     for v in config.chosen() if v.name in nights},
         "reference": {"fingerprint": reference.card.fingerprint},
         "summary": {name: summarize(rows) for name, rows in nights.items()},
         "nights": nights,
         "seconds": time.perf_counter() - started,
     }
-    return write_results(results, out_dir)
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from benchmarks.continual.driver import Variant
 from benchmarks.continual.run import ContinualConfig, merge_results, run_continual
 from vitedit_ops.errors import InvalidInputError
 from benchmarks.continual.scenario import Scenario, World
@@ -19,9 +20,20 @@ def test_two_nights_of_the_real_loop_are_measured_and_reported(trained_reference
     from flows.prefect_api import prefect_api
 
     reference, directory, hypernet = trained_reference
+    # a night whose flow raises (here: a gate threshold no gate accepts) is what production
+    # meets too: the night is recorded as failed, the champion stays, the next night runs
+    broken = Variant("a night that fails", gate={"locality_min": 2.0})
+    config = ContinualConfig(quick=True, variants=("product", broken.name),
+                             extra_variants=(broken,))
     with prefect_api():  # the session's Prefect server, as `vitedit-ops bench` finds one set
-        results = run_continual(reference, directory, hypernet, ContinualConfig(quick=True),
-                                tmp_path, log=lambda _msg: None)
+        results = run_continual(reference, directory, hypernet, config, tmp_path,
+                                log=lambda _msg: None)
+    failed = results["nights"][broken.name]
+    assert [n["status"] for n in failed] == ["failed", "failed"]
+    assert all(n["error"] and not n["gate_passed"] for n in failed)
+    assert all(n["champion_after"] == n["champion_served"] == "1" for n in failed)
+    assert results["summary"][broken.name]["nights_failed"] == 2
+    assert results["summary"]["product"]["nights_failed"] == 0
     nights = results["nights"]["product"]
     assert [n["night"] for n in nights] == [1, 2]
     assert [n["shift"] for n in nights] == list(results["scenario"]["days"])
@@ -51,7 +63,7 @@ def test_two_nights_of_the_real_loop_are_measured_and_reported(trained_reference
         again[part] = {"product, again": again[part]["product"]}
     (other / "continual.json").write_text(json.dumps(again))
     merged = merge_results([tmp_path, other])
-    assert list(merged["summary"]) == ["product", "product, again"]
+    assert list(merged["summary"]) == ["product", broken.name, "product, again"]
     assert merged["seconds"] == pytest.approx(2 * results["seconds"])
     again["scenario"]["seed"] += 1
     (other / "continual.json").write_text(json.dumps(again))
