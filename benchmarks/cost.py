@@ -193,11 +193,12 @@ def edit_flops_ratios(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 def vit_b16_edit_flops(steps: int = 10) -> dict[str, Any]:
     """:func:`edit_flops_ratios` in the paper's setting: ViT-B/16 at 224 px, one image, a
-    pool of 8 images, random weights (FLOPs only; no hypernetwork for it here)."""
+    pool of 16 images (SERAC's scope needs at least 10 outside), random weights (FLOPs only;
+    no hypernetwork for it here)."""
     torch.manual_seed(0)
     model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000).eval()
     return edit_flops_ratios(model, torch.randn(1, 3, 224, 224), torch.tensor([3]),
-                             torch.randn(8, 3, 224, 224), steps=steps,
+                             torch.randn(16, 3, 224, 224), steps=steps,
                              methods=tuple(m for m in BASELINES if m != "localized"))
 
 
