@@ -64,6 +64,9 @@ class ScopedSettings(BaseModel):
     max_unit_errors: int | None = Field(40, ge=6, description="A cluster with more errors "
                                         "than this is split into tighter parts, each a unit "
                                         "with its own scope (None: never split).")
+    cluster_per_day: bool = Field(False, description="Cluster each serving day's errors on "
+                                  "their own (UTC days), so a shift that arrived tonight is "
+                                  "not merged with earlier nights' leftovers.")
     max_edit_images: int | None = Field(64, ge=1, description="Edit images per subpopulation "
                                         "(cap; the rest are held out).")
     heldout_fraction: float = Field(0.25, ge=0, lt=1, description="Share of a "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 
 import numpy as np
 import torch
@@ -118,20 +119,14 @@ def _subpopulations(context: ChampionContext, errors: list[_Error],
     correct_pixels, correct_labels, correct_keys = _confirmed(context, window, preserved)
     correct_off = np.flatnonzero(manifold.off(correct_keys).numpy()) if len(correct_keys) \
         else np.zeros(0, dtype=int)
-    keys = torch.cat([error_keys[error_off], correct_keys[correct_off]])
-    labels = cluster(keys, manifold.whitening, settings.scoped.cluster_scale)
-    if settings.scoped.max_unit_errors is not None:
-        counted = np.arange(len(keys)) < len(error_off)
-        labels = split_large(keys, manifold.whitening, labels, counted,
-                             settings.scoped.max_unit_errors)
-    clusters: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for position, label in enumerate(labels.tolist()):
-        if position < len(error_off):
-            clusters[label][0].append(int(error_off[position]))
-        else:
-            clusters[label][1].append(int(correct_off[position - len(error_off)]))
-    big = sorted((c for c in clusters.values() if len(c[0]) >= settings.scoped.min_errors),
+    clusters = _clusters(errors, error_off, error_keys, correct_off, correct_keys,
+                         manifold, settings)
+    big = sorted((c for c in clusters if len(c[0]) >= settings.scoped.min_errors),
                  key=lambda c: (-len(c[0]), min(c[0])))[:settings.scoped.max_units]
+    claimed: set[int] = set()  # a confirmed-correct image is kept by one unit, the largest
+    for n, (wrong, right) in enumerate(big):
+        big[n] = (wrong, [i for i in right if i not in claimed])
+        claimed.update(big[n][1])
     used = {i for wrong, _ in big for i in wrong}
     shifted = frozenset(image_hashes(correct_pixels[correct_off])) if len(correct_off) \
         else frozenset()
@@ -143,6 +138,38 @@ def _subpopulations(context: ChampionContext, errors: list[_Error],
                  [torch.cat([u.edit_pixels, u.keep_pixels]) for u in units if u is not unit]))
              if len(units) > 1 else unit for unit in units]
     return units, [e for i, e in enumerate(errors) if i not in used], ""
+
+
+def _clusters(errors: list[_Error], error_off: np.ndarray, error_keys: torch.Tensor,
+              correct_off: np.ndarray, correct_keys: torch.Tensor, manifold: Manifold,
+              settings: EditSettings) -> list[tuple[list[int], list[int]]]:
+    """(errors, confirmed-correct images) of every cluster, as indices into ``errors`` and
+    the preserved pool. With ``scoped.cluster_per_day`` each serving day's errors are
+    clustered on their own (with every confirmed-correct image), so a shift that arrived
+    tonight is not merged with the leftovers of earlier nights."""
+    days: dict[date | None, list[int]] = defaultdict(list)
+    for position, index in enumerate(error_off.tolist()):
+        served = errors[index].ref.served_at
+        day = datetime.fromisoformat(served).astimezone(UTC).date() \
+            if settings.scoped.cluster_per_day and served else None
+        days[day].append(position)
+    out: list[tuple[list[int], list[int]]] = []
+    for positions in days.values():
+        wrong = error_off[positions]
+        keys = torch.cat([error_keys[wrong], correct_keys[correct_off]])
+        labels = cluster(keys, manifold.whitening, settings.scoped.cluster_scale)
+        if settings.scoped.max_unit_errors is not None:
+            counted = np.arange(len(keys)) < len(wrong)
+            labels = split_large(keys, manifold.whitening, labels, counted,
+                                 settings.scoped.max_unit_errors)
+        found: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for position, label in enumerate(labels.tolist()):
+            if position < len(wrong):
+                found[label][0].append(int(wrong[position]))
+            else:
+                found[label][1].append(int(correct_off[position - len(wrong)]))
+        out += found.values()
+    return out
 
 
 def _confirmed(context: ChampionContext, window: EditWindow, preserved: PreservedPool | None

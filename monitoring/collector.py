@@ -121,8 +121,10 @@ class Collector:
         self.store = store
         self.images = images
 
-    def _ref(self, sha256: str, prediction_id: str) -> ImageRef:
-        return ImageRef(sha256=sha256, uri=self.images.uri_for(sha256), record_id=prediction_id)
+    def _ref(self, sha256: str, prediction_id: str, served_at: datetime | None = None
+             ) -> ImageRef:
+        return ImageRef(sha256=sha256, uri=self.images.uri_for(sha256), record_id=prediction_id,
+                        served_at=served_at.isoformat() if served_at is not None else None)
 
     def collect(self, since: datetime, model: str, *, until: datetime | None = None,
                 version: str | None = None, heldout_fraction: float = 0.5,
@@ -194,8 +196,9 @@ class Collector:
                                         max_edit_images=max_edit_images)
             groups.append(ErrorGroup(
                 true_class=true_class, predicted_class=predicted,
-                edit_images=tuple(self._ref(s, latest[s][0]) for s in edit),
-                heldout_images=tuple(self._ref(s, latest[s][0]) for s in heldout),
+                edit_images=tuple(self._ref(s, latest[s][0], latest[s][2]) for s in edit),
+                heldout_images=tuple(self._ref(s, latest[s][0], latest[s][2])
+                                     for s in heldout),
                 metadata={"model": model,
                           "model_versions": sorted({latest[s][4] for s in shas}),
                           "seed": seed, "since": since.isoformat()}))

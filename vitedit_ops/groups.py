@@ -17,6 +17,7 @@ class ImageRef:
     sha256: str
     uri: str
     record_id: str | None = None
+    served_at: str | None = None  # ISO 8601 time of that prediction (when the image arrived)
 
 
 @dataclass(frozen=True)

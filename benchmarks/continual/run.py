@@ -62,6 +62,9 @@ VARIANTS: tuple[Variant, ...] = (
             {"scoped": {"keep_fraction": 0.25, "max_unit_errors": None}},
             note="the product before both levers: the hypernetwork's quarter of the units, "
                  "clusters never split"),
+    Variant("scopes, clusters per serving day", {"scoped": {"cluster_per_day": True}},
+            note="each serving day's errors clustered on their own, so a shift that arrived "
+                 "tonight is not merged with earlier nights' leftovers"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},

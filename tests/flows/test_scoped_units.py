@@ -93,3 +93,40 @@ def test_a_large_cluster_is_split_into_units_when_max_unit_errors_asks(lineage):
                                   EditSettings(scoped={**loose, "max_unit_errors": 12}))
     assert len(parts) >= 2
     assert sum(len(u.edit_pixels) + len(u.heldout_pixels) for u in parts) <= total
+
+
+def test_each_serving_days_errors_are_clustered_on_their_own_when_cluster_per_day_asks(lineage):
+    """``scoped.cluster_per_day``: one loose cluster of two days' errors becomes units of one
+    day each; no error is counted twice, and a confirmed-correct image is kept by one unit."""
+    from flows.units import _Error, _subpopulations
+    from vitedit_ops.groups import ImageRef
+
+    model, spec = load_model(lineage.checkpoint)
+    context = SimpleNamespace(model=model, spec=spec, suite=load_suite(lineage.suite_dir),
+                              hypernet=MaskHypernet.load(lineage.hypernet_dir),
+                              base_preserved=lineage.clean[:60])
+    wrong = (lineage.predictions != lineage.labels).nonzero().flatten().tolist()
+    right = (lineage.predictions == lineage.labels).nonzero().flatten()
+    days = ("2026-11-20T10:00:00+00:00", "2026-11-21T23:59:00+00:00")
+    errors = [_Error(ImageRef(h, f"mem://{h}", served_at=days[n % 2]),
+                     int(lineage.labels[i]), int(lineage.predictions[i]), lineage.production[i])
+              for n, (i, h) in enumerate(zip(wrong, image_hashes(lineage.production[wrong])))]
+    correct = lineage.production[right]
+    preserved = PreservedPool(pixels=correct, hashes=tuple(image_hashes(correct)),
+                              from_production=len(correct), labels=lineage.labels[right])
+    loose = {"min_errors": 6, "max_units": 50, "cluster_scale": 50.0, "max_unit_errors": None}
+    pooled, _, _ = _subpopulations(context, errors, preserved, EditSettings(scoped=loose))
+    assert len(pooled) == 1
+    per_day, _, _ = _subpopulations(context, errors, preserved,
+                                    EditSettings(scoped={**loose, "cluster_per_day": True}))
+    assert len(per_day) == 2
+    seen: list[str] = []
+    for unit in per_day:
+        refs = (*unit.edit_refs, *unit.heldout_refs)
+        assert len({r.served_at for r in refs}) == 1
+        seen += [r.sha256 for r in refs]
+    assert len(seen) == len(set(seen)) == len(pooled[0].edit_refs) + len(pooled[0].heldout_refs)
+    kept = [h for u in per_day for h in image_hashes(u.keep_pixels)] if any(
+        len(u.keep_pixels) for u in per_day) else []
+    assert len(kept) == len(set(kept))
+    assert len(kept) == len(pooled[0].keep_pixels)

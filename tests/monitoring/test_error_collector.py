@@ -123,6 +123,8 @@ def test_duplicates_by_image_hash_keep_the_latest_prediction(world: World) -> No
     [group] = result.groups
     assert group.key == "3->5" and [r.record_id for r in group.edit_images] == ["new"]
     assert result.summary.duplicate_records == 2
+    # when the kept prediction was served: what a night clusters by (scoped.cluster_per_day)
+    assert group.edit_images[0].served_at == (T0 + timedelta(days=2)).isoformat()
 
 
 def test_images_used_by_an_edit_are_not_collected_again(world: World) -> None:
