@@ -23,7 +23,8 @@ demo: $(STAMP)
 # tests/conftest.py gives (--no-loadscope-reorder: xdist would sort modules by test count and
 # run the one-test benchmarks last). 805 tests took 11:55, 12:08 and 11:39 so on 2026-12-03
 # (load ~3, the suite's own; 776 tests took 16 min 43 s with two workers and xdist's order): at
-# the 12-minute goal, not under it. TEST_WORKERS=0 runs it serially.
+# the 12-minute goal, not under it; 816 took 10:19 on 2026-12-03's last host, and 816-817 took
+# 15:26 and 15:01 on 2026-12-04's (quiet, a fresh clone). TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
