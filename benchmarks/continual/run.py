@@ -65,6 +65,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("scopes, clusters per serving day", {"scoped": {"cluster_per_day": True}},
             note="each serving day's errors clustered on their own, so a shift that arrived "
                  "tonight is not merged with earlier nights' leftovers"),
+    Variant("scopes, clusters per serving day, never split",
+            {"scoped": {"cluster_per_day": True, "max_unit_errors": None}},
+            note="each serving day's errors clustered on their own and no cluster split: a "
+                 "day's shift as one unit, the nearest the loop comes to the ceiling's unit"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},
