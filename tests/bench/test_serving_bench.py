@@ -70,7 +70,9 @@ def test_quick_serving_benchmark_reports_every_figure(monkeypatch) -> None:
         assert row["model_share_of_cpu"] == round(row["model_cpu_ms_per_image"] / (
             row["server_cpu_ms_per_image"] + row["client_cpu_ms_per_image"]), 3)
     assert rows[1]["batch_sizes_mean"] == rows[3]["batch_sizes_mean"] == 32.0
-    assert rows[0]["batch_sizes_mean"] < 32.0
+    # single-image requests coalesce into batches of at most max_batch: how full they get
+    # depends on how fast the clients send, so only the bounds are checked
+    assert 1.0 <= rows[0]["batch_sizes_mean"] <= 32.0
     other = serving["throughput_model"]
     assert "throughput-only" in other["model"] and "48x48" in other["model"]
     text = markdown(result)
