@@ -69,6 +69,15 @@ VARIANTS: tuple[Variant, ...] = (
             {"scoped": {"cluster_per_day": True, "max_unit_errors": None}},
             note="each serving day's errors clustered on their own and no cluster split: a "
                  "day's shift as one unit, the nearest the loop comes to the ceiling's unit"),
+    Variant("scopes, clusters cut at 3x", {"scoped": {"cluster_scale": 3.0}},
+            note="clusters cut at three times their median nearest-neighbour distance (the "
+                 "product: two), so a shift forms fewer, larger units"),
+    Variant("scopes, clusters per serving day cut at 4x, never split",
+            {"scoped": {"cluster_per_day": True, "cluster_scale": 4.0,
+                        "max_unit_errors": None}},
+            note="each serving day's errors clustered on their own, cut at four times the "
+                 "median nearest-neighbour distance and never split: a day's shift as one "
+                 "unit, as the ceiling benchmark fits it"),
     Variant("scopes, logistic router", {"scoped": {"rule": "router"}},
             note="a linear router instead of the nearest-neighbour rule"),
     Variant("scopes without a radius", {"scoped": {"radius_scale": None}},
